@@ -1,0 +1,1 @@
+"""ml_collections config files. Each starts with the command that runs it."""

@@ -1,0 +1,1 @@
+"""mim-jax: TextBind's MIM (multi-turn interleaved multimodal model) in JAX/Flax."""

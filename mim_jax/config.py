@@ -1,0 +1,85 @@
+"""Checking a run config before anything expensive starts.
+
+`validate(config)` raises ValueError naming the field and what it may be.
+Field types are already enforced by ml_collections on `--config.a.b=value`
+overrides; this adds the value and combination checks.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mim_jax.models.llama_config import LlamaConfig
+from mim_jax.nn.sharding import MESH_AXES
+
+REQUIRED_LOGICAL_AXES = ("batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
+                         "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "norm")
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def model_config(config) -> LlamaConfig:
+  return LlamaConfig.from_dict(config.model.to_dict())
+
+
+def validate(config) -> None:
+  model_config(config)
+  _validate_mesh(config.mesh)
+  _validate_rules(config.sharding_rules)
+  if "optimizer" in config:
+    opt = config.optimizer
+    _positive("optimizer.learning_rate", opt.learning_rate)
+    _at_least("optimizer.warmup_steps", opt.warmup_steps, 0)
+    _at_least("optimizer.weight_decay", opt.weight_decay, 0)
+    _positive("optimizer.grad_clip", opt.grad_clip)
+    for name in ("b1", "b2"):
+      if not 0 <= opt[name] < 1:
+        raise ValueError(f"optimizer.{name} must be in [0, 1), got {opt[name]}")
+  if "train" in config:
+    for name in ("steps", "batch_size", "seq_len", "log_every"):
+      _positive(f"train.{name}", config.train[name])
+    if config.train.seq_len > config.model.max_positions:
+      raise ValueError(
+          f"train.seq_len ({config.train.seq_len}) exceeds model.max_positions ({config.model.max_positions})"
+      )
+  if "export" in config and config.export.dtype not in EXPORT_DTYPES:
+    raise ValueError(f"export.dtype is {config.export.dtype!r}; allowed values: {', '.join(EXPORT_DTYPES)}")
+
+
+def _validate_mesh(mesh) -> None:
+  expected = {f"{kind}_{axis}" for kind in ("ici", "dcn") for axis in MESH_AXES}
+  unknown = sorted(set(mesh.keys()) - expected)
+  if unknown:
+    raise ValueError(f"mesh has unknown field(s) {unknown}; fields: {sorted(expected)}")
+  for name in sorted(expected):
+    value = mesh.get(name)
+    if not isinstance(value, int) or (value < 1 and value != -1):
+      raise ValueError(f"mesh.{name} must be a positive int or -1 (fill), got {value!r}")
+  for kind in ("ici", "dcn"):
+    fills = [a for a in MESH_AXES if mesh[f"{kind}_{a}"] == -1]
+    if len(fills) > 1:
+      raise ValueError(f"mesh: only one {kind}_* size may be -1, got {[f'{kind}_{a}' for a in fills]}")
+
+
+def _validate_rules(rules: Any) -> None:
+  names = set()
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"sharding_rules entry {rule!r} must be (logical_name, mesh_axes)")
+    axes = rule[1]
+    axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    bad = [a for a in axes if a not in MESH_AXES]
+    if bad:
+      raise ValueError(f"sharding_rules[{rule[0]!r}] uses mesh axes {bad}; mesh axes are {MESH_AXES}")
+    names.add(rule[0])
+  missing = [n for n in REQUIRED_LOGICAL_AXES if n not in names]
+  if missing:
+    raise ValueError(f"sharding_rules lacks logical axes {missing}")
+
+
+def _positive(name: str, value) -> None:
+  if not isinstance(value, (int, float)) or value <= 0:
+    raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def _at_least(name: str, value, low) -> None:
+  if not isinstance(value, (int, float)) or value < low:
+    raise ValueError(f"{name} must be >= {low}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Checkpoint conversion: one mapping table per model family, HF/diffusers <-> ours."""

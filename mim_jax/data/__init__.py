@@ -1,0 +1,1 @@
+"""Tokenizer, chat template, features and the input pipeline."""

@@ -1,0 +1,91 @@
+"""LlamaConfig: the hashable model description, built from a config dict with
+errors that name the bad field and what it may be."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from mim_jax.nn.attention import IMPLEMENTATIONS
+from mim_jax.nn.rope import SCALING_TYPES
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int = 32000
+  embed_dim: int = 4096
+  num_layers: int = 32
+  num_heads: int = 32
+  num_kv_heads: int = 32
+  head_dim: int = 128
+  mlp_dim: int = 11008
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  rope_scaling_type: str = "default"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
+  max_positions: int = 4096
+  tie_embeddings: bool = False
+  init_std: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    _check_choice("rope_scaling_type", self.rope_scaling_type, SCALING_TYPES)
+    _check_choice("dtype", self.dtype, tuple(DTYPES))
+    _check_choice("param_dtype", self.param_dtype, tuple(DTYPES))
+    _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+    _check_choice("attention_impl", self.attention_impl, IMPLEMENTATIONS)
+    for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"model.{name} must be a positive int, got {value!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})"
+      )
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "LlamaConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown model field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**dict(values))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def weight_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  def rope_kwargs(self) -> dict[str, Any]:
+    return dict(
+        theta=self.rope_theta,
+        scaling_type=self.rope_scaling_type,
+        factor=self.rope_scaling_factor,
+        low_freq_factor=self.rope_low_freq_factor,
+        high_freq_factor=self.rope_high_freq_factor,
+        original_max_positions=self.rope_original_max_positions,
+    )
+
+
+def _check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ValueError(f"model.{field} is {value!r}; allowed values: {', '.join(allowed)}")

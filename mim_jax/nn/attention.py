@@ -1,0 +1,65 @@
+"""The one attention entry point, and the masks it takes.
+
+Every attention in the project goes through `dot_product_attention` with an
+explicit boolean mask (True = may attend). TextBind's caption branches (spec §3)
+need tree-shaped masks and re-used positions, so nothing here assumes a plain
+causal layout; `causal_mask` is just the common case.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def causal_mask(query_positions_bt: jax.Array, key_positions_bs: jax.Array) -> jax.Array:
+  """Mask (b, t, s): a query may see keys at the same or an earlier position."""
+  return key_positions_bs[:, None, :] <= query_positions_bt[:, :, None]
+
+
+def dot_product_attention(
+    q_btnh: jax.Array,
+    k_bskh: jax.Array,
+    v_bskh: jax.Array,
+    mask_bts: jax.Array | None,
+    *,
+    impl: str = "xla",
+) -> jax.Array:
+  """Scaled dot-product attention with grouped KV heads.
+
+  q has n heads, k/v have k heads with n % k == 0 (k == n is MHA, k == 1 MQA).
+  `mask_bts` is boolean; rows with no allowed key return zeros rather than NaN
+  (padding queries). Softmax runs in float32 whatever the compute dtype.
+  """
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"attention impl {impl!r} is not one of {IMPLEMENTATIONS}")
+  b, t, n, h = q_btnh.shape
+  num_kv = k_bskh.shape[2]
+  if n % num_kv:
+    raise ValueError(f"query heads ({n}) must be a multiple of kv heads ({num_kv})")
+  if impl == "cudnn":
+    return _cudnn_attention(q_btnh, k_bskh, v_bskh, mask_bts)
+
+  groups = n // num_kv
+  q_btkgh = q_btnh.reshape(b, t, num_kv, groups, h)
+  scale = jnp.asarray(h**-0.5, q_btnh.dtype)
+  logits_bkgts = jnp.einsum(
+      "btkgh,bskh->bkgts", q_btkgh * scale, k_bskh, preferred_element_type=jnp.float32
+  )
+  if mask_bts is not None:
+    mask_b11ts = mask_bts[:, None, None, :, :]
+    logits_bkgts = jnp.where(mask_b11ts, logits_bkgts, jnp.finfo(jnp.float32).min)
+  weights_bkgts = jax.nn.softmax(logits_bkgts, axis=-1)
+  if mask_bts is not None:
+    # A fully masked row would be a uniform average of garbage; make it zero.
+    weights_bkgts = jnp.where(mask_b11ts, weights_bkgts, 0.0)
+  out_btkgh = jnp.einsum("bkgts,bskh->btkgh", weights_bkgts.astype(v_bskh.dtype), v_bskh)
+  return out_btkgh.reshape(b, t, n, h)
+
+
+def _cudnn_attention(q_btnh, k_bskh, v_bskh, mask_bts):
+  mask_b1ts = None if mask_bts is None else mask_bts[:, None, :, :]
+  return jax.nn.dot_product_attention(
+      q_btnh, k_bskh, v_bskh, mask=mask_b1ts, implementation="cudnn"
+  )

@@ -1,0 +1,1 @@
+"""Training: optimizer, loss and jitted steps under shardings."""

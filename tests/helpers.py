@@ -1,0 +1,32 @@
+"""Tiny random HF models saved to disk, for loading through our real code."""
+from __future__ import annotations
+
+import torch
+import transformers
+
+ROPE_CASES = {
+    "default": None,
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+}
+
+
+def tiny_hf_llama(directory, *, vocab=96, heads=4, kv_heads=4, tied=False, rope="default", seed=0,
+                  layers=2, hidden=32, mlp=64, dtype=torch.float32):
+  """Saves a random LlamaForCausalLM to `directory` and returns it (eval mode)."""
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(
+      vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+      rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=ROPE_CASES[rope], tie_word_embeddings=tied,
+      bos_token_id=1, eos_token_id=2,
+  )
+  model = transformers.LlamaForCausalLM(config).eval()
+  # Bigger-than-default weights make the parity test sensitive to small mistakes.
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0, 0.1 if p.ndim > 1 else 1.0)
+  model = model.to(dtype)
+  model.save_pretrained(directory)
+  return model
