@@ -10,10 +10,10 @@ from configs import llama_lm
 
 def get_config(arg: str = "tiny"):
   config = llama_lm.get_config(arg)
-  config.train.steps = 60
+  config.train.steps = 200
   config.train.batch_size = 8
   config.train.seq_len = 64
-  config.train.log_every = 10
+  config.train.log_every = 25
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 10
   config.optimizer.weight_decay = 0.0

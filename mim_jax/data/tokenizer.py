@@ -78,7 +78,7 @@ def train_sentencepiece(texts: Iterable[str], directory: str | os.PathLike, voca
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-      unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, minloglevel=2,
+      unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, minloglevel=2, hard_vocab_limit=False,
   )
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)

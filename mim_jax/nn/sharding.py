@@ -74,6 +74,12 @@ def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mes
   within one slice. With several slices the mesh is a hybrid mesh so that only
   the dcn axes cross slice boundaries.
   """
+  grid = create_mesh_devices(mesh_config, devices)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def create_mesh_devices(mesh_config, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
+  """The device grid of `create_mesh`, shape (data, fsdp, tensor)."""
   devices = list(jax.devices() if devices is None else devices)
   num_slices = 1 + max(getattr(d, "slice_index", 0) or 0 for d in devices)
   dcn = _resolve_sizes({f"dcn_{a}": mesh_config[f"dcn_{a}"] for a in MESH_AXES}, num_slices, "slices")
@@ -87,7 +93,7 @@ def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mes
     except (ValueError, NotImplementedError, AssertionError):
       # Emulated CPU devices and some GPU sets have no physical topology.
       grid = np.asarray(devices).reshape(ici)
-  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return grid
 
 
 def _rules_dict(rules: Rules) -> dict[str, tuple[str, ...]]:
