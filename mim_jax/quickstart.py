@@ -26,7 +26,7 @@ from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece
 from mim_jax.infer.generate import SamplingConfig, generate
 from mim_jax.models.llama import Llama, boxed_init_fn
 from mim_jax.models.vocab import resize_vocab
-from mim_jax.nn.sharding import boxed_shardings, create_mesh
+from mim_jax.nn.sharding import create_mesh
 from mim_jax.train import lm_step
 from mim_jax.train.optimizer import make_optimizer
 

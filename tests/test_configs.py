@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import ml_collections
 import pytest
 import jax
 

@@ -4,7 +4,6 @@ import ml_collections
 import numpy as np
 import pytest
 import jax
-import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from configs import common
