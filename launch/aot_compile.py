@@ -1,0 +1,242 @@
+r"""Compiles the configured Llama train step (forward, backward, AdamW update)
+ahead of time for a TPU topology, on a machine without TPUs, and reports the
+per-chip memory and the compiler's FLOP count: whether a config fits before a
+pod is booked.
+
+  python launch/aot_compile.py --config configs/llama_lm.py:llama2_7b --topology v5p:2x2x2
+  python launch/aot_compile.py --config configs/llama_lm.py:llama2_7b --topology v5p:2x2x2 \
+      --config.train.batch_size=8 --config.train.seq_len=4096
+  python launch/aot_compile.py --config configs/llama_lm.py:llama2_7b --topology v5p:2x2x2 --num_slices=2
+
+`--topology` is `<generation>:<chips per axis>`, e.g. v5p:2x2x2, v5e:4x4, v4:2x2x2,
+v6e:2x2 (libtpu's own names; needs libtpu installed, as with `jax[tpu]`).
+libtpu warns that TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES are unset: harmless
+for a compile-only topology.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# The CPU backend is enough to trace; without this JAX first tries (and fails,
+# after seconds) to start a TPU backend on local chips. Compile-only TPU
+# devices still come from the libtpu plugin.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) meant for real chips;
+# compile-only use needs none, and without this a second compile (another
+# terminal, a parallel test) fails with "ABORTED: ... libtpu_lockfile".
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# launch/ is not a package: make `configs` and `mim_jax` importable as a script.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import math  # noqa: E402
+import re  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mim_jax.config import model_config, validate  # noqa: E402
+from mim_jax.models.llama import Llama, boxed_init_fn  # noqa: E402
+from mim_jax.models.llama_config import LlamaConfig  # noqa: E402
+from mim_jax.nn.sharding import create_mesh  # noqa: E402
+from mim_jax.train import lm_step  # noqa: E402
+from mim_jax.train.optimizer import make_optimizer  # noqa: E402
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Chip:
+  hbm_bytes: int
+  peak_bf16_flops: float  # per chip, dense
+
+
+# Keyed by the generation prefix of the topology name (public spec sheets).
+CHIPS = {
+    "v4": Chip(32 * GIB, 275e12),
+    "v5e": Chip(16 * GIB, 197e12),
+    "v5p": Chip(95 * GIB, 459e12),
+    "v6e": Chip(32 * GIB, 918e12),
+}
+
+_TOPOLOGY_NAME = re.compile(r"^([a-zA-Z0-9]+)[=_:]([0-9]+(?:x[0-9]+)*)(_twisted|_untwisted)?$")
+
+
+def chip_for_topology(topology: str) -> Chip:
+  match = _TOPOLOGY_NAME.match(topology)
+  if not match or match.group(1).lower() not in CHIPS:
+    raise ValueError(
+        f"unknown TPU topology {topology!r}; expected <generation>:<chips per axis> with generation one of "
+        f"{', '.join(sorted(CHIPS))}, e.g. v5p:2x2x2, v5e:2x2, v4:2x2x1, v6e:2x2"
+    )
+  return CHIPS[match.group(1).lower()]
+
+
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """Compile-only TPU devices of `num_slices` slices of `topology`."""
+  chip_for_topology(topology)
+  if num_slices < 1:
+    raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=num_slices).devices)
+  except jax.errors.JaxRuntimeError as e:
+    raise ValueError(f"libtpu rejected TPU topology {topology!r} (num_slices={num_slices}): {e}") from e
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def _bytes(tree) -> int:
+  return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+
+
+def _bytes_per_device(tree) -> int:
+  """The largest shard of each leaf: what one device holds of `tree`."""
+  return sum(math.prod(a.sharding.shard_shape(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+
+
+def _compile_train_step(config, cfg: LlamaConfig, mesh):
+  """(compiled step, abstract sharded state) for model `cfg` on `mesh`."""
+  rules = config.sharding_rules
+  optimizer = make_optimizer(config.optimizer, config.train.steps)
+  init_fn = boxed_init_fn(cfg)
+  rng = jax.random.key(config.train.seed)
+  shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
+
+  def init_state(r):  # as lm_step.init_state, shapes only
+    params = nn.unbox(init_fn(r))
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  state = _with_shardings(jax.eval_shape(init_state, rng), shardings)
+  b, t = config.train.batch_size, config.train.seq_len
+  data = lm_step.batch_sharding(mesh, rules)
+  batch = dict(
+      tokens=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
+      targets=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
+      weights=jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=data),
+  )
+  step = lm_step.jit_train_step(lm_step.make_train_step(Llama(cfg), optimizer), shardings, mesh, rules)
+  return step.lower(state, batch).compile(), state
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def _unrolled_flops(config, cfg: LlamaConfig, mesh, compiler_flops: float) -> float:
+  """XLA's cost analysis counts a while loop's body once, so a scanned layer
+  stack reports the FLOPs of one layer. One layer's cost is the difference of
+  1- and 2-layer unrolled compiles; for llama2_7b these two take about as long
+  as the full compile."""
+  if not cfg.scan_layers or cfg.num_layers == 1:
+    return compiler_flops
+  one, two = (_flops(_compile_train_step(config, replace(cfg, num_layers=n, scan_layers=False), mesh)[0])
+              for n in (1, 2))
+  return compiler_flops + (cfg.num_layers - 1) * (two - one)
+
+
+def compile_for_topology(config, topology: str, num_slices: int = 1) -> dict:
+  """Lowers and compiles one train step for `topology` with abstract inputs.
+
+  Memory figures are bytes per device, from XLA's `memory_analysis()`.
+  `compiler_flops_per_device` is `cost_analysis()` of the partitioned program
+  as XLA reports it (one iteration of the layer scan); `flops_per_device` adds
+  the other layers (see `_unrolled_flops`) and `flops` is that times the
+  devices. On v4 the compile-only topology has one device per TensorCore (two
+  per chip), so per-device HBM and peak are half a chip's.
+  """
+  validate(config)
+  chip = chip_for_topology(topology)
+  devices = topology_devices(topology, num_slices)
+  num_chips = len({(getattr(d, "slice_index", 0) or 0, tuple(d.coords)) for d in devices})
+  devices_per_chip = len(devices) // num_chips
+  mesh = create_mesh(config.mesh, devices)
+  cfg = model_config(config)
+
+  compiled, state = _compile_train_step(config, cfg, mesh)
+  memory = compiled.memory_analysis()
+  compiler_flops = _flops(compiled)
+  flops_per_device = _unrolled_flops(config, cfg, mesh, compiler_flops)
+  # Donated state is aliased to the output, so count it once.
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+           + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+  hbm_per_device = chip.hbm_bytes // devices_per_chip
+  peak_per_device = chip.peak_bf16_flops / devices_per_chip
+  return dict(
+      topology=topology,
+      num_slices=num_slices,
+      num_devices=len(devices),
+      num_chips=num_chips,
+      device_kind=devices[0].device_kind,
+      mesh_shape=dict(mesh.shape),
+      num_params=sum(math.prod(p.shape) for p in jax.tree.leaves(state["params"])),
+      tokens_per_step=config.train.batch_size * config.train.seq_len,
+      state_bytes=_bytes(state),
+      state_bytes_per_device=_bytes_per_device(state),
+      params_bytes_per_device=_bytes_per_device(state["params"]),
+      argument_bytes=memory.argument_size_in_bytes,
+      output_bytes=memory.output_size_in_bytes,
+      alias_bytes=memory.alias_size_in_bytes,
+      temp_bytes=memory.temp_size_in_bytes,
+      generated_code_bytes=memory.generated_code_size_in_bytes,
+      total_bytes=total,
+      hbm_bytes_per_device=hbm_per_device,
+      fits=total <= hbm_per_device,
+      compiler_flops_per_device=compiler_flops,
+      flops_per_device=flops_per_device,
+      flops=flops_per_device * len(devices),
+      step_time_s=flops_per_device / peak_per_device,
+  )
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only when run as a script, so importing this module (tests) does not claim
+  the global `--config` flag other programs define."""
+  config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/llama_lm.py:llama2_7b.")
+  flags.DEFINE_string("topology", "v5p:2x2x2", "TPU topology, <generation>:<chips per axis>.")
+  flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined over DCN (multislice).")
+  flags.mark_flags_as_required(["config"])
+
+
+def _size(n: float) -> str:
+  return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  r = compile_for_topology(FLAGS.config, FLAGS.topology, FLAGS.num_slices)
+  print(f"topology      {r['topology']} x {r['num_slices']} slice(s): {r['num_chips']} chips, "
+        f"{r['num_devices']} devices ({r['device_kind']})")
+  print(f"mesh          {r['mesh_shape']}")
+  print(f"parameters    {r['num_params']:,}; train state {_size(r['state_bytes'])}, "
+        f"{_size(r['state_bytes_per_device'])} per device")
+  print(f"batch         {r['tokens_per_step']:,} tokens per step")
+  print("memory per device (XLA memory_analysis):")
+  for label, key in (("arguments", "argument_bytes"), ("outputs", "output_bytes"), ("temporaries", "temp_bytes"),
+                     ("code", "generated_code_bytes")):
+    print(f"  {label:<12}{_size(r[key]):>12}")
+  print(f"  {'aliased':<12}{_size(r['alias_bytes']):>12}  (outputs in donated arguments, counted once)")
+  print(f"  {'total':<12}{_size(r['total_bytes']):>12}  of {_size(r['hbm_bytes_per_device'])} HBM: "
+        f"{'fits' if r['fits'] else 'DOES NOT FIT'}")
+  scanned = (f", of which XLA reports {r['compiler_flops_per_device']:.4g}: one scanned layer"
+             if r["compiler_flops_per_device"] != r["flops_per_device"] else "")
+  print(f"flops         {r['flops']:.4g} per step, {r['flops_per_device']:.4g} per device{scanned}; "
+        f"{r['flops'] / (6 * r['num_params'] * r['tokens_per_step']):.2f} x 6*N*T")
+  print(f"step time     >= {r['step_time_s'] * 1e3:.3g} ms at peak bf16 FLOP/s (100% MFU)")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
