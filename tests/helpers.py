@@ -30,3 +30,32 @@ def tiny_hf_llama(directory, *, vocab=96, heads=4, kv_heads=4, tied=False, rope=
   model = model.to(dtype)
   model.save_pretrained(directory)
   return model
+
+
+# Distinct widths (ViT 40, Q-Former 32, LLM 24) so a swapped axis cannot pass by accident.
+TINY_BLIP2 = dict(
+    vision_config=dict(hidden_size=40, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=42, patch_size=14),
+    qformer_config=dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48),
+    text_config=dict(model_type="llama", vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=4),
+    num_query_tokens=4,
+)
+
+
+def randomize_blip2_(model, seed=0):
+  """Bigger-than-default random weights; the ViT's key bias stays zero, as in every BLIP-2 release."""
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.normal_(0, 0.1 if p.ndim > 1 else 1.0)
+      if name.endswith("self_attn.qkv.bias"):
+        p[p.shape[0] // 3: 2 * p.shape[0] // 3] = 0
+  return model.eval()
+
+
+def tiny_hf_blip2(directory, seed=0):
+  """Saves a random Blip2ForConditionalGeneration (Llama LLM) to `directory` and returns it."""
+  model = randomize_blip2_(transformers.Blip2ForConditionalGeneration(transformers.Blip2Config(**TINY_BLIP2)), seed)
+  model.save_pretrained(directory)
+  return model

@@ -42,6 +42,15 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("cache_length", None),
+    # Vision and Q-Former towers: their own widths, sharded like the LLM's.
+    ("act_vit_embed", None),
+    ("act_qformer_embed", None),
+    ("vit_embed", "fsdp"),
+    ("vit_heads", "tensor"),
+    ("vit_mlp", "tensor"),
+    ("qformer_embed", "fsdp"),
+    ("qformer_heads", "tensor"),
+    ("qformer_mlp", "tensor"),
 )
 
 
