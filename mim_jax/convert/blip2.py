@@ -20,13 +20,14 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from mim_jax.convert.llama import Entry, _get, _host, _set
+from mim_jax.convert.table import (Entry, get_path, layered_tensors, load_layered, read_tensor, set_path, shapes_of,
+                                   to_host, transpose)
 from mim_jax.convert.safetensors_io import CheckpointReader
 from mim_jax.models import eva_vit, qformer
 from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.qformer import QFormerConfig
 
-_transpose = lambda w, c: w.T
+
 
 
 def _split_heads(w, c):  # (n*h, in) → (in, n, h)
@@ -54,7 +55,7 @@ def _qv_bias_to_hf(w, c):
 
 
 def _linear(hf: str, ours: tuple[str, ...]) -> tuple[Entry, Entry]:
-  return Entry(f"{hf}.weight", ours + ("kernel",), _transpose, _transpose), Entry(f"{hf}.bias", ours + ("bias",))
+  return Entry(f"{hf}.weight", ours + ("kernel",), transpose, transpose), Entry(f"{hf}.bias", ours + ("bias",))
 
 
 def _norm(hf: str, ours: str) -> tuple[Entry, Entry]:
@@ -103,7 +104,7 @@ QFORMER_CROSS_TABLE: tuple[Entry, ...] = _attention("encoder.layer.{i}.crossatte
 
 QUERY_TOKENS = Entry("query_tokens", ("query_tokens",), lambda w, c: w[0], lambda w, c: w[None])
 PROJECTION_TABLE: tuple[Entry, ...] = (
-    Entry("weight", ("projection", "kernel"), _transpose, _transpose),
+    Entry("weight", ("projection", "kernel"), transpose, transpose),
     Entry("bias", ("projection", "bias")),
 )
 
@@ -203,42 +204,10 @@ def read_hf_config(directory: str | os.PathLike, **overrides) -> tuple[VisionCon
 # --------------------------------------------------------------------------- weights
 
 
-def _shapes(tree):
-  return {k: _shapes(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in tree.items()}
-
-
-def _read(reader: CheckpointReader, entry: Entry, name: str, shape: tuple[int, ...], cfg) -> np.ndarray:
-  if name not in reader:
-    raise KeyError(f"{reader.directory}: tensor {name} is missing from the checkpoint (is the prefix right?)")
-  array = reader.get(name)
-  want = entry.to_hf(np.zeros(shape, np.int8), cfg).shape
-  if tuple(array.shape) != tuple(want):
-    raise ValueError(
-        f"{reader.file_of(name)}: tensor {name} has shape {tuple(array.shape)}, expected {tuple(want)} "
-        "from the config; the weights and config.json disagree"
-    )
-  try:
-    return entry.to_ours(array, cfg).astype(np.dtype(cfg.weight_dtype))
-  except ValueError as e:
-    raise ValueError(f"{reader.file_of(name)}: tensor {name}: {e}") from None
-
-
 def load_vision_params(reader: CheckpointReader, cfg: VisionConfig, prefix: str = "vision_model.") -> dict:
   """EvaViT params (host numpy, `cfg.param_dtype`), stacked on axis 0 when `cfg.scan_layers`."""
-  shapes = _shapes(eva_vit.abstract_params(cfg))
-  params: dict = {}
-  for entry in VISION_TABLE:
-    if not entry.per_layer:
-      _set(params, entry.ours, _read(reader, entry, prefix + entry.hf, _get(shapes, entry.ours), cfg))
-    elif cfg.scan_layers:
-      shape = _get(shapes, ("layers",) + entry.ours)[1:]
-      layers = [_read(reader, entry, prefix + entry.hf.format(i=i), shape, cfg) for i in range(cfg.num_layers)]
-      _set(params, ("layers",) + entry.ours, np.stack(layers))
-    else:
-      for i in range(cfg.num_layers):
-        path = (f"layers_{i}",) + entry.ours
-        _set(params, path, _read(reader, entry, prefix + entry.hf.format(i=i), _get(shapes, path), cfg))
-  return params
+  return load_layered(reader, VISION_TABLE, cfg, shapes_of(eva_vit.abstract_params(cfg)), prefix=prefix,
+                      num_layers=cfg.num_layers, scan_layers=cfg.scan_layers)
 
 
 def _qformer_entries(cfg: QFormerConfig) -> Iterator[tuple[Entry, str, tuple[str, ...]]]:
@@ -253,10 +222,10 @@ def _qformer_entries(cfg: QFormerConfig) -> Iterator[tuple[Entry, str, tuple[str
 
 def load_qformer_params(reader: CheckpointReader, cfg: QFormerConfig, prefix: str = "qformer.") -> dict:
   """QFormer params. Text-side tensors (embeddings, `intermediate`/`output`) are not read."""
-  shapes = _shapes(qformer.abstract_params(cfg))
+  shapes = shapes_of(qformer.abstract_params(cfg))
   params: dict = {}
   for entry, name, path in _qformer_entries(cfg):
-    _set(params, path, _read(reader, entry, prefix + name, _get(shapes, path), cfg))
+    set_path(params, path, read_tensor(reader, entry, prefix + name, get_path(shapes, path), cfg))
   return params
 
 
@@ -270,10 +239,10 @@ def load_image_encoder_params(reader: CheckpointReader, vision: VisionConfig, qf
     params["vision"] = load_vision_params(reader, vision, vision_prefix)
   params["qformer"] = load_qformer_params(reader, qformer_cfg, qformer_prefix)
   q, d = qformer_cfg.num_queries, qformer_cfg.embed_dim
-  params["query_tokens"] = _read(reader, QUERY_TOKENS, query_tokens_name, (q, d), qformer_cfg)
+  params["query_tokens"] = read_tensor(reader, QUERY_TOKENS, query_tokens_name, (q, d), qformer_cfg)
   shapes = {"kernel": (d, llm_width), "bias": (llm_width,)}
   params["projection"] = {
-      entry.ours[-1]: _read(reader, entry, projection_prefix + entry.hf, shapes[entry.ours[-1]], qformer_cfg)
+      entry.ours[-1]: read_tensor(reader, entry, projection_prefix + entry.hf, shapes[entry.ours[-1]], qformer_cfg)
       for entry in PROJECTION_TABLE
   }
   return params
@@ -295,20 +264,14 @@ def load_hf_image_encoder(directory: str | os.PathLike, *, with_vision: bool = T
 def vision_tensors(cfg: VisionConfig, params: Mapping, dtype: np.dtype,
                    prefix: str = "vision_model.") -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, array in HF layout and `dtype`) for every EvaViT weight, one at a time."""
-  for entry in VISION_TABLE:
-    if not entry.per_layer:
-      yield prefix + entry.hf, entry.to_hf(_host(_get(params, entry.ours)), cfg).astype(dtype)
-      continue
-    stacked = _get(params, ("layers",) + entry.ours) if cfg.scan_layers else None
-    for i in range(cfg.num_layers):
-      array = stacked[i] if stacked is not None else _get(params, (f"layers_{i}",) + entry.ours)
-      yield prefix + entry.hf.format(i=i), entry.to_hf(_host(array), cfg).astype(dtype)
+  return layered_tensors(VISION_TABLE, cfg, params, dtype, prefix=prefix, num_layers=cfg.num_layers,
+                         scan_layers=cfg.scan_layers)
 
 
 def qformer_tensors(cfg: QFormerConfig, params: Mapping, dtype: np.dtype,
                     prefix: str = "qformer.") -> Iterator[tuple[str, np.ndarray]]:
   for entry, name, path in _qformer_entries(cfg):
-    yield prefix + name, entry.to_hf(_host(_get(params, path)), cfg).astype(dtype)
+    yield prefix + name, entry.to_hf(to_host(get_path(params, path)), cfg).astype(dtype)
 
 
 def image_encoder_tensors(vision: VisionConfig, qformer_cfg: QFormerConfig, params: Mapping, dtype: np.dtype, *,
@@ -319,6 +282,6 @@ def image_encoder_tensors(vision: VisionConfig, qformer_cfg: QFormerConfig, para
   if "vision" in params:
     yield from vision_tensors(vision, params["vision"], dtype, vision_prefix)
   yield from qformer_tensors(qformer_cfg, params["qformer"], dtype, qformer_prefix)
-  yield query_tokens_name, QUERY_TOKENS.to_hf(_host(params["query_tokens"]), qformer_cfg).astype(dtype)
+  yield query_tokens_name, QUERY_TOKENS.to_hf(to_host(params["query_tokens"]), qformer_cfg).astype(dtype)
   for entry in PROJECTION_TABLE:
-    yield projection_prefix + entry.hf, entry.to_hf(_host(_get(params, entry.ours)), qformer_cfg).astype(dtype)
+    yield projection_prefix + entry.hf, entry.to_hf(to_host(get_path(params, entry.ours)), qformer_cfg).astype(dtype)

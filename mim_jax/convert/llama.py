@@ -7,36 +7,18 @@ so no q/k permutation is needed. Scanned models stack layers on axis 0.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import jax
 import ml_dtypes
 import numpy as np
 
 from mim_jax.convert.safetensors_io import CheckpointReader, write_sharded
+from mim_jax.convert.table import Entry, Transform, layered_tensors, load_layered, shapes_of, transpose
 from mim_jax.models.llama import abstract_params
 from mim_jax.models.llama_config import LlamaConfig
-
-Transform = Callable[[np.ndarray, LlamaConfig], np.ndarray]
-_same: Transform = lambda w, c: w
-_transpose: Transform = lambda w, c: w.T
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  hf: str  # "{i}" stands for the layer index
-  ours: tuple[str, ...]  # path under the params root, or under one layer
-  to_ours: Transform = _same
-  to_hf: Transform = _same
-
-  @property
-  def per_layer(self) -> bool:
-    return "{i}" in self.hf
-
 
 def _heads_in(heads: Callable[[LlamaConfig], int]) -> tuple[Transform, Transform]:
   to_ours = lambda w, c: w.T.reshape(c.embed_dim, heads(c), c.head_dim)
@@ -50,7 +32,7 @@ _kv = _heads_in(lambda c: c.num_kv_heads)
 TABLE: tuple[Entry, ...] = (
     Entry("model.embed_tokens.weight", ("embedding",)),
     Entry("model.norm.weight", ("final_norm", "scale")),
-    Entry("lm_head.weight", ("lm_head",), _transpose, _transpose),
+    Entry("lm_head.weight", ("lm_head",), transpose, transpose),
     Entry("model.layers.{i}.input_layernorm.weight", ("attn_norm", "scale")),
     Entry("model.layers.{i}.post_attention_layernorm.weight", ("mlp_norm", "scale")),
     Entry("model.layers.{i}.self_attn.q_proj.weight", ("attn", "q_kernel"), *_q),
@@ -61,9 +43,9 @@ TABLE: tuple[Entry, ...] = (
         lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.embed_dim),
         lambda w, c: w.reshape(c.num_heads * c.head_dim, c.embed_dim).T,
     ),
-    Entry("model.layers.{i}.mlp.gate_proj.weight", ("mlp", "gate_kernel"), _transpose, _transpose),
-    Entry("model.layers.{i}.mlp.up_proj.weight", ("mlp", "up_kernel"), _transpose, _transpose),
-    Entry("model.layers.{i}.mlp.down_proj.weight", ("mlp", "down_kernel"), _transpose, _transpose),
+    Entry("model.layers.{i}.mlp.gate_proj.weight", ("mlp", "gate_kernel"), transpose, transpose),
+    Entry("model.layers.{i}.mlp.up_proj.weight", ("mlp", "up_kernel"), transpose, transpose),
+    Entry("model.layers.{i}.mlp.down_proj.weight", ("mlp", "down_kernel"), transpose, transpose),
 )
 
 SUPPORTED_ROPE = ("default", "linear", "llama3")
@@ -174,85 +156,27 @@ def _entries(cfg: LlamaConfig) -> Iterator[Entry]:
     yield entry
 
 
-def _get(tree: Mapping, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _layer_root(cfg: LlamaConfig, i: int) -> tuple[str, ...]:
-  return ("layers",) if cfg.scan_layers else (f"layers_{i}",)
-
-
-def load_hf_llama(directory: str | os.PathLike, **overrides) -> tuple[LlamaConfig, dict]:
+def load_hf_llama(directory: str | os.PathLike, prefix: str = "", **overrides) -> tuple[LlamaConfig, dict]:
   """Reads a HF Llama directory into (config, params as host numpy arrays).
 
   `overrides` set LlamaConfig fields the checkpoint does not decide (dtype,
   param_dtype, scan_layers, remat_policy, attention_impl). Shapes are checked
-  against the model's own parameter shapes, tensor by tensor.
+  against the model's own parameter shapes, tensor by tensor. `prefix` selects
+  the LLM inside a bigger checkpoint (e.g. "language_model." in BLIP-2 / MIM).
   """
   cfg = read_hf_config(directory, **overrides)
-  reader = CheckpointReader(directory)
-  expected = jax.tree.map(lambda x: x.shape, abstract_params(cfg), is_leaf=lambda x: hasattr(x, "shape"))
-  param_dtype = np.dtype(cfg.weight_dtype)
-  params: dict = {}
-
-  def convert(entry: Entry, name: str) -> np.ndarray:
-    if name not in reader:
-      raise KeyError(f"{directory}: tensor {name} is missing from the checkpoint")
-    array = reader.get(name)
-    want = entry.to_hf(np.empty(_layer_shape(entry, expected, cfg), np.int8), cfg).shape
-    if tuple(array.shape) != tuple(want):
-      raise ValueError(
-          f"{reader.file_of(name)}: tensor {name} has shape {tuple(array.shape)}, expected {tuple(want)} "
-          "from config.json; the weights and config.json disagree"
-      )
-    return entry.to_ours(array, cfg).astype(param_dtype)
-
-  for entry in _entries(cfg):
-    if not entry.per_layer:
-      _set(params, entry.ours, convert(entry, entry.hf))
-      continue
-    layers = [convert(entry, entry.hf.format(i=i)) for i in range(cfg.num_layers)]
-    if cfg.scan_layers:
-      _set(params, ("layers",) + entry.ours, np.stack(layers))
-    else:
-      for i, array in enumerate(layers):
-        _set(params, _layer_root(cfg, i) + entry.ours, array)
-  return cfg, params
+  return cfg, load_llama_params(CheckpointReader(directory), cfg, prefix)
 
 
-def _layer_shape(entry: Entry, expected: Mapping, cfg: LlamaConfig) -> tuple[int, ...]:
-  if not entry.per_layer:
-    return _get(expected, entry.ours)
-  shape = _get(expected, _layer_root(cfg, 0) + entry.ours)
-  return shape[1:] if cfg.scan_layers else shape
+def load_llama_params(reader: CheckpointReader, cfg: LlamaConfig, prefix: str = "") -> dict:
+  return load_layered(reader, _entries(cfg), cfg, shapes_of(abstract_params(cfg)), prefix=prefix,
+                      num_layers=cfg.num_layers, scan_layers=cfg.scan_layers)
 
 
-def hf_tensors(cfg: LlamaConfig, params: Mapping, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+def hf_tensors(cfg: LlamaConfig, params: Mapping, dtype: np.dtype, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, array in HF layout and `dtype`) for every weight, one at a time."""
-  for entry in _entries(cfg):
-    if not entry.per_layer:
-      yield entry.hf, entry.to_hf(_host(_get(params, entry.ours)), cfg).astype(dtype)
-      continue
-    stacked = _get(params, ("layers",) + entry.ours) if cfg.scan_layers else None
-    for i in range(cfg.num_layers):
-      array = stacked[i] if stacked is not None else _get(params, _layer_root(cfg, i) + entry.ours)
-      yield entry.hf.format(i=i), entry.to_hf(_host(array), cfg).astype(dtype)
-
-
-def _host(array) -> np.ndarray:
-  if isinstance(array, jax.Array) and not array.is_fully_addressable:
-    from jax.experimental import multihost_utils
-
-    array = multihost_utils.process_allgather(array, tiled=True)
-  return np.asarray(array)
+  return layered_tensors(_entries(cfg), cfg, params, dtype, prefix=prefix, num_layers=cfg.num_layers,
+                         scan_layers=cfg.scan_layers)
 
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
