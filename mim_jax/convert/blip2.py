@@ -144,6 +144,7 @@ def vision_config_from_hf(hf: Mapping[str, Any], source: str = "config.json", **
       num_heads=values["num_attention_heads"],
       mlp_dim=values["intermediate_size"],
       norm_eps=float(values["layer_norm_eps"]),
+      init_std=float(values.get("initializer_range", VisionConfig.init_std)),
   )
   return VisionConfig.from_dict({**config, **overrides})
 
@@ -167,6 +168,7 @@ def qformer_config_from_hf(hf: Mapping[str, Any], *, num_queries: int = 32, sour
       cross_attention_frequency=values["cross_attention_frequency"],
       norm_eps=float(values["layer_norm_eps"]),
       dropout_rate=float(values["hidden_dropout_prob"]),
+      init_std=float(values.get("initializer_range", QFormerConfig.init_std)),
   )
   return QFormerConfig.from_dict({**config, **overrides})
 
@@ -188,6 +190,21 @@ def configs_from_hf(hf: Mapping[str, Any], source: str = "config.json", *, visio
   if not isinstance(llm_width, int):
     raise ValueError(f"{source}: text_config.hidden_size is missing; it sets the width of language_projection")
   return vision, qformer_cfg, llm_width
+
+
+def vision_config_to_hf(cfg: VisionConfig) -> dict[str, Any]:
+  return dict(model_type="blip_2_vision_model", hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim,
+              num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, image_size=cfg.image_size,
+              patch_size=cfg.patch_size, hidden_act="gelu", layer_norm_eps=cfg.norm_eps, qkv_bias=True,
+              initializer_range=cfg.init_std)
+
+
+def qformer_config_to_hf(cfg: QFormerConfig) -> dict[str, Any]:
+  return dict(model_type="blip_2_qformer", hidden_size=cfg.embed_dim, num_hidden_layers=cfg.num_layers,
+              num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim, hidden_act="gelu",
+              hidden_dropout_prob=cfg.dropout_rate, attention_probs_dropout_prob=cfg.dropout_rate,
+              layer_norm_eps=cfg.norm_eps, cross_attention_frequency=cfg.cross_attention_frequency,
+              encoder_hidden_size=cfg.encoder_dim, initializer_range=cfg.init_std)
 
 
 def read_hf_config(directory: str | os.PathLike, **overrides) -> tuple[VisionConfig, QFormerConfig, int]:

@@ -100,3 +100,22 @@ def layered_tensors(entries: Iterable[Entry], cfg, params: Mapping, dtype: np.dt
     for i in range(num_layers):
       array = stacked[i] if stacked is not None else get_path(params, (f"layers_{i}",) + entry.ours)
       yield prefix + entry.hf.format(i=i), entry.to_hf(to_host(array), cfg).astype(dtype)
+
+
+class ArrayReader:
+  """The CheckpointReader interface over in-memory arrays (e.g. a torch state dict)."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], source: str):
+    self.arrays, self.directory = dict(arrays), source
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.arrays
+
+  def keys(self) -> list[str]:
+    return list(self.arrays)
+
+  def get(self, name: str) -> np.ndarray:
+    return self.arrays[name]
+
+  def file_of(self, name: str) -> str:
+    return self.directory

@@ -1,0 +1,118 @@
+"""MIM (spec §2): images → ImageEncoder → 32 embeddings each, written in place of
+the `<image>` tokens of the LLM input; the LLM runs with explicit positions and
+an explicit mask (caption branches, spec §3).
+
+Images are passed *packed per batch*: `images` holds only real images (n of
+them, a static budget), and `image_rows_bm` says which packed row fills slot m
+of example b (-1: no image). Padding slots therefore cost no ViT/Q-Former
+compute; only the budget's padding rows do (see `pack_images`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mim_jax.models.eva_vit import VisionConfig
+from mim_jax.models.image_encoder import ImageEncoder
+from mim_jax.models.llama import Llama
+from mim_jax.models.llama_config import LlamaConfig
+from mim_jax.models.qformer import QFormerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MIMConfig:
+  llm: LlamaConfig
+  vision: VisionConfig
+  qformer: QFormerConfig
+
+  @property
+  def num_image_tokens(self) -> int:
+    return self.qformer.num_queries
+
+
+def scatter_image_embeddings(embeds_btd: jax.Array, image_embeds_nkd: jax.Array, image_starts_bm: jax.Array,
+                             image_rows_bm: jax.Array) -> jax.Array:
+  """Writes image row `image_rows_bm[b, m]` at positions starts[b, m] .. +k-1 of example b."""
+  b, t, _ = embeds_btd.shape
+  k = image_embeds_nkd.shape[1]
+  valid_bm = image_rows_bm >= 0
+  index_bmk = image_starts_bm[:, :, None] + jnp.arange(k)
+  index_bmk = jnp.where(valid_bm[:, :, None], index_bmk, t)  # out of range: dropped
+  values_bmkd = image_embeds_nkd[jnp.maximum(image_rows_bm, 0)].astype(embeds_btd.dtype)
+  batch_bmk = jnp.broadcast_to(jnp.arange(b)[:, None, None], index_bmk.shape)
+  return embeds_btd.at[batch_bmk, index_bmk].set(values_bmkd, mode="drop")
+
+
+class MIM(nn.Module):
+  """Params: {"image_encoder": {vision, query_tokens, qformer, projection}, "llm": Llama}."""
+
+  config: MIMConfig
+  train_vision: bool = False
+
+  def setup(self):
+    cfg = self.config
+    self.image_encoder = ImageEncoder(cfg.vision, cfg.qformer, cfg.llm.embed_dim, self.train_vision)
+    self.llm = Llama(cfg.llm)
+
+  def encode_images(self, images: jax.Array | None = None, vit_features: jax.Array | None = None,
+                    deterministic: bool = True) -> jax.Array:
+    """(n, 224, 224, 3) pixels or (n, 257, vision width) cached ViT features → (n, 32, llm width)."""
+    return self.image_encoder(images, vit_features, deterministic)
+
+  def embed(self, tokens_bt, image_starts_bm=None, image_rows_bm=None, *, images=None, vit_features=None,
+            deterministic: bool = True) -> jax.Array:
+    embeds_btd = self.llm.embed(tokens_bt)
+    if images is None and vit_features is None:
+      return embeds_btd
+    image_embeds_nkd = self.encode_images(images, vit_features, deterministic)
+    return scatter_image_embeddings(embeds_btd, image_embeds_nkd, image_starts_bm, image_rows_bm)
+
+  def __call__(self, tokens_bt, positions_bt=None, mask_bts=None, image_starts_bm=None, image_rows_bm=None, *,
+               images=None, vit_features=None, valid_bt=None, cache=None, deterministic: bool = True):
+    """Logits (b, t, vocab) float32 (and the cache, when given), as Llama.__call__."""
+    embeds_btd = self.embed(tokens_bt, image_starts_bm, image_rows_bm, images=images, vit_features=vit_features,
+                            deterministic=deterministic)
+    return self.llm(positions_bt=positions_bt, mask_bts=mask_bts, embeds_btd=embeds_btd, valid_bt=valid_bt,
+                    cache=cache)
+
+
+def pack_images(image_valid_bm: np.ndarray, budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Host-side packing for a batch: (image_rows_bm, which_bm_n) where `which` lists the
+  (b, m) of each packed row in order, padded with -1 up to `budget` rows."""
+  image_valid_bm = np.asarray(image_valid_bm, bool)
+  count = int(image_valid_bm.sum())
+  budget = image_valid_bm.size if budget is None else budget
+  if count > budget:
+    raise ValueError(f"batch has {count} images but the image budget is {budget}; raise the budget "
+                     "(train.images_per_batch) or lower max_images / the batch size")
+  rows_bm = np.full(image_valid_bm.shape, -1, np.int32)
+  rows_bm[image_valid_bm] = np.arange(count, dtype=np.int32)
+  which = np.full((budget, 2), -1, np.int32)
+  which[:count] = np.argwhere(image_valid_bm)
+  return rows_bm, which
+
+
+def _init_fn(cfg: MIMConfig, train_vision: bool = False):
+  model = MIM(cfg, train_vision)
+  k = cfg.num_image_tokens
+  tokens = jnp.zeros((1, k + 1), jnp.int32)
+  pixels = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
+  starts, rows = jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+  return lambda rng: model.init(rng, tokens, None, None, starts, rows, images=pixels)["params"]
+
+
+def boxed_init_fn(cfg: MIMConfig):
+  """rng -> boxed params, for `sharding.sharded_init`."""
+  return _init_fn(cfg)
+
+
+def abstract_params(cfg: MIMConfig):
+  return nn.unbox(jax.eval_shape(_init_fn(cfg), jax.random.key(0)))
+
+
+def init_params(cfg: MIMConfig, rng: jax.Array):
+  return nn.unbox(_init_fn(cfg)(rng))

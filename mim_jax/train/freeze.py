@@ -1,0 +1,38 @@
+"""Which params a stage trains, by regex over '/'-joined param paths (spec §3).
+
+Stage 1 trains the Q-Former, its query tokens and the projection; stage 2 adds
+the whole LLM (new vocabulary rows included). The ViT is frozen in both. A
+frozen param gets no optimizer state (`optax.set_to_zero` branch).
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import jax
+import optax
+
+STAGE_TRAINABLE = {
+    "stage1": (r"^image_encoder/(qformer|query_tokens|projection)(/|$)",),
+    "stage2": (r"^image_encoder/(qformer|query_tokens|projection)(/|$)", r"^llm/"),
+}
+
+
+def param_path(path) -> str:
+  return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def trainable_mask(params, patterns: Sequence[str]):
+  """A tree of bools: True where some pattern matches the param's path."""
+  compiled = [re.compile(p) for p in patterns]
+  mask = jax.tree_util.tree_map_with_path(
+      lambda path, _: any(p.search(param_path(path)) for p in compiled), params)
+  if not any(jax.tree.leaves(mask)):
+    raise ValueError(f"trainable patterns {list(patterns)} match no parameter; check them against the param paths")
+  return mask
+
+
+def freeze(optimizer: optax.GradientTransformation, mask) -> optax.GradientTransformation:
+  """`optimizer` on trainable params; frozen ones get zero updates and keep no state."""
+  labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)
+  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
