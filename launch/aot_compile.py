@@ -41,8 +41,10 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mim_jax.config import model_config, validate  # noqa: E402
+from mim_jax.models import mim  # noqa: E402
 from mim_jax.models.llama import Llama, boxed_init_fn  # noqa: E402
-from mim_jax.models.llama_config import LlamaConfig  # noqa: E402
+from mim_jax.models.mim import MIM, MIMConfig  # noqa: E402
+from mim_jax.train.freeze import freeze  # noqa: E402
 from mim_jax.nn.sharding import create_mesh  # noqa: E402
 from mim_jax.train import lm_step  # noqa: E402
 from mim_jax.train.optimizer import make_optimizer  # noqa: E402
@@ -101,11 +103,37 @@ def _bytes_per_device(tree) -> int:
   return sum(math.prod(a.sharding.shard_shape(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
 
 
-def _compile_train_step(config, cfg: LlamaConfig, mesh):
+def _model_parts(config, cfg):
+  """(boxed init fn, flax model, optimizer) for a Llama LM or a MIM config."""
+  optimizer = make_optimizer(config.optimizer, config.train.steps)
+  if isinstance(cfg, MIMConfig):
+    return mim.boxed_init_fn(cfg), MIM(cfg), freeze(optimizer, config.trainable)
+  return boxed_init_fn(cfg), Llama(cfg), optimizer
+
+
+def _abstract_batch(config, cfg, data) -> dict:
+  b, t = config.train.batch_size, config.train.seq_len
+  batch = dict(
+      tokens=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
+      targets=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
+      weights=jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=data),
+  )
+  if isinstance(cfg, MIMConfig):
+    # Images packed per batch (models/mim.py); slots per example as the budget allows, at least 8.
+    n, size = config.train.images_per_batch, cfg.vision.image_size
+    m = max(8, -(-n // b))
+    batch.update(
+        image_starts=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
+        image_rows=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
+        images=jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32, sharding=data),
+    )
+  return batch
+
+
+def _compile_train_step(config, cfg, mesh):
   """(compiled step, abstract sharded state) for model `cfg` on `mesh`."""
   rules = config.sharding_rules
-  optimizer = make_optimizer(config.optimizer, config.train.steps)
-  init_fn = boxed_init_fn(cfg)
+  init_fn, model, optimizer = _model_parts(config, cfg)
   rng = jax.random.key(config.train.seed)
   shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
 
@@ -114,14 +142,8 @@ def _compile_train_step(config, cfg: LlamaConfig, mesh):
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
   state = _with_shardings(jax.eval_shape(init_state, rng), shardings)
-  b, t = config.train.batch_size, config.train.seq_len
-  data = lm_step.batch_sharding(mesh, rules)
-  batch = dict(
-      tokens=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
-      targets=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
-      weights=jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=data),
-  )
-  step = lm_step.jit_train_step(lm_step.make_train_step(Llama(cfg), optimizer), shardings, mesh, rules)
+  batch = _abstract_batch(config, cfg, lm_step.batch_sharding(mesh, rules))
+  step = lm_step.jit_train_step(lm_step.make_train_step(model, optimizer), shardings, mesh, rules)
   return step.lower(state, batch).compile(), state
 
 
@@ -131,25 +153,41 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def _unrolled_flops(config, cfg: LlamaConfig, mesh, compiler_flops: float) -> float:
+def _layer_stacks(cfg) -> dict:
+  """name -> (tower config, rebuild(cfg, tower)) for each scanned layer stack."""
+  if isinstance(cfg, MIMConfig):
+    return {"llm": (cfg.llm, lambda c, t: replace(c, llm=t)), "vision": (cfg.vision, lambda c, t: replace(c, vision=t))}
+  return {"llm": (cfg, lambda c, t: t)}
+
+
+def _unrolled_flops(config, cfg, mesh, compiler_flops: float) -> float:
   """XLA's cost analysis counts a while loop's body once, so a scanned layer
   stack reports the FLOPs of one layer. One layer's cost is the difference of
-  1- and 2-layer unrolled compiles; for llama2_7b these two take about as long
-  as the full compile."""
-  if not cfg.scan_layers or cfg.num_layers == 1:
+  1- and 2-layer unrolled compiles (every other stack at 1 layer); for
+  llama2_7b these two take about as long as the full compile."""
+  stacks = {name: s for name, s in _layer_stacks(cfg).items() if s[0].scan_layers and s[0].num_layers > 1}
+  if not stacks:
     return compiler_flops
-  one, two = (_flops(_compile_train_step(config, replace(cfg, num_layers=n, scan_layers=False), mesh)[0])
-              for n in (1, 2))
-  return compiler_flops + (cfg.num_layers - 1) * (two - one)
+
+  def shrunk(layers: dict) -> float:
+    small = cfg
+    for name, (tower, rebuild) in _layer_stacks(cfg).items():
+      small = rebuild(small, replace(tower, num_layers=layers.get(name, 1), scan_layers=False))
+    return _flops(_compile_train_step(config, small, mesh)[0])
+
+  base = shrunk({})
+  return compiler_flops + sum((tower.num_layers - 1) * (shrunk({name: 2}) - base)
+                              for name, (tower, _) in stacks.items())
 
 
-def compile_for_topology(config, topology: str, num_slices: int = 1) -> dict:
+def compile_for_topology(config, topology: str, num_slices: int = 1, exact_flops: bool = True) -> dict:
   """Lowers and compiles one train step for `topology` with abstract inputs.
 
   Memory figures are bytes per device, from XLA's `memory_analysis()`.
   `compiler_flops_per_device` is `cost_analysis()` of the partitioned program
   as XLA reports it (one iteration of the layer scan); `flops_per_device` adds
-  the other layers (see `_unrolled_flops`) and `flops` is that times the
+  the other layers (see `_unrolled_flops`; skipped with `exact_flops=False`,
+  which saves two to four small compiles) and `flops` is that times the
   devices. On v4 the compile-only topology has one device per TensorCore (two
   per chip), so per-device HBM and peak are half a chip's.
   """
@@ -164,7 +202,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> dict:
   compiled, state = _compile_train_step(config, cfg, mesh)
   memory = compiled.memory_analysis()
   compiler_flops = _flops(compiled)
-  flops_per_device = _unrolled_flops(config, cfg, mesh, compiler_flops)
+  flops_per_device = _unrolled_flops(config, cfg, mesh, compiler_flops) if exact_flops else compiler_flops
   # Donated state is aliased to the output, so count it once.
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
            + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.llama_config import LlamaConfig
+from mim_jax.models.mim import MIMConfig
+from mim_jax.models.qformer import QFormerConfig
 from mim_jax.nn.sharding import MESH_AXES
 
 REQUIRED_LOGICAL_AXES = ("batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
@@ -16,12 +19,30 @@ REQUIRED_LOGICAL_AXES = ("batch", "length", "act_embed", "act_heads", "act_kv_he
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def model_config(config) -> LlamaConfig:
-  return LlamaConfig.from_dict(config.model.to_dict())
+def is_mim(config) -> bool:
+  """MIM configs have model.llm / model.vision / model.qformer; LM configs are flat."""
+  return "llm" in config.model
+
+
+def model_config(config) -> LlamaConfig | MIMConfig:
+  if not is_mim(config):
+    return LlamaConfig.from_dict(config.model.to_dict())
+  mim = MIMConfig(LlamaConfig.from_dict(config.model.llm.to_dict()),
+                  VisionConfig.from_dict(config.model.vision.to_dict()),
+                  QFormerConfig.from_dict(config.model.qformer.to_dict()))
+  if mim.qformer.encoder_dim != mim.vision.embed_dim:
+    raise ValueError(f"model.qformer.encoder_dim ({mim.qformer.encoder_dim}) must equal model.vision.embed_dim "
+                     f"({mim.vision.embed_dim})")
+  return mim
+
+
+def llm_config(config) -> LlamaConfig:
+  cfg = model_config(config)
+  return cfg.llm if isinstance(cfg, MIMConfig) else cfg
 
 
 def validate(config) -> None:
-  model_config(config)
+  llm = llm_config(config)
   _validate_mesh(config.mesh)
   _validate_rules(config.sharding_rules)
   if "optimizer" in config:
@@ -36,10 +57,8 @@ def validate(config) -> None:
   if "train" in config:
     for name in ("steps", "batch_size", "seq_len", "log_every"):
       _positive(f"train.{name}", config.train[name])
-    if config.train.seq_len > config.model.max_positions:
-      raise ValueError(
-          f"train.seq_len ({config.train.seq_len}) exceeds model.max_positions ({config.model.max_positions})"
-      )
+    if config.train.seq_len > llm.max_positions:
+      raise ValueError(f"train.seq_len ({config.train.seq_len}) exceeds model.max_positions ({llm.max_positions})")
   if "export" in config and config.export.dtype not in EXPORT_DTYPES:
     raise ValueError(f"export.dtype is {config.export.dtype!r}; allowed values: {', '.join(EXPORT_DTYPES)}")
 

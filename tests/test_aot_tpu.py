@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import llama_lm
+from configs import llama_lm, mim_stage2
 
 GIB = 1024**3
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "launch" / "aot_compile.py"
@@ -84,3 +84,20 @@ def test_llama2_7b_fits_v5p_2x2x2():
   assert r["params_bytes_per_device"] == pytest.approx(4 * r["num_params"] / 8, rel=0.01)
   assert r["argument_bytes"] == pytest.approx(r["state_bytes"] / 8, rel=0.02)
   assert r["flops"] > 0.9 * 6 * 6.7e9 * 8 * 512
+
+
+def test_tiny_mim_stage2_compiles_with_frozen_vit():
+  r = aot.compile_for_topology(mim_stage2.get_config("tiny"), "v5e:2x2", exact_flops=False)
+  _print("tiny MIM stage 2", r)
+  assert r["fits"] and r["mesh_shape"] == {"data": 1, "fsdp": 4, "tensor": 1}
+
+
+@pytest.mark.slow
+def test_mim_stage2_7b_fits_v5p_2x2x2():
+  """eva_vit_g + blip2 Q-Former + llama2_7b, global batch 64 (8 per chip), length 768, ViT frozen."""
+  config = mim_stage2.get_config("full")
+  r = aot.compile_for_topology(config, "v5p:2x2x2", exact_flops=False)
+  _print("MIM stage 2 (7B)", r)
+  assert r["mesh_shape"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert 7.7e9 < r["num_params"] < 7.9e9  # 6.74B LLM + 0.99B ViT-g + Q-Former, projection, new rows
+  assert 0 < r["total_bytes"] < 95 * GIB and r["fits"]

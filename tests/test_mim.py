@@ -114,7 +114,7 @@ def test_stages_train_only_what_they_should(tokenizer):
 
   for stage, llm_trains in [("stage1", False), ("stage2", True)]:
     mask = trainable_mask(params, STAGE_TRAINABLE[stage])
-    optimizer = freeze(optax.adamw(1e-2), mask)
+    optimizer = freeze(optax.adamw(1e-2), STAGE_TRAINABLE[stage])
     state = optimizer.init(params)
     updates, state = optimizer.update(grads, state, params)
     new = optax.apply_updates(params, updates)

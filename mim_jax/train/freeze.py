@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import optax
 
@@ -23,16 +24,21 @@ def param_path(path) -> str:
 
 
 def trainable_mask(params, patterns: Sequence[str]):
-  """A tree of bools: True where some pattern matches the param's path."""
+  """A tree of bools: True where some pattern matches the param's path. Works on
+  plain and on logically boxed (`nn.Partitioned`) param trees alike."""
   compiled = [re.compile(p) for p in patterns]
   mask = jax.tree_util.tree_map_with_path(
-      lambda path, _: any(p.search(param_path(path)) for p in compiled), params)
+      lambda path, _: any(p.search(param_path(path)) for p in compiled), params,
+      is_leaf=lambda x: isinstance(x, nn.Partitioned))
   if not any(jax.tree.leaves(mask)):
     raise ValueError(f"trainable patterns {list(patterns)} match no parameter; check them against the param paths")
   return mask
 
 
-def freeze(optimizer: optax.GradientTransformation, mask) -> optax.GradientTransformation:
-  """`optimizer` on trainable params; frozen ones get zero updates and keep no state."""
-  labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)
+def freeze(optimizer: optax.GradientTransformation, patterns: Sequence[str]) -> optax.GradientTransformation:
+  """`optimizer` on params matching `patterns`; the others get zero updates and keep no state."""
+
+  def labels(params):
+    return jax.tree.map(lambda trainable: "train" if trainable else "frozen", trainable_mask(params, patterns))
+
   return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

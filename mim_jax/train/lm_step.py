@@ -2,6 +2,8 @@
 
 The batch is `tokens`, `targets`, `weights` (b, t) and optionally explicit
 `positions` (b, t) and `mask` (b, t, t); weights are 0 where no loss is taken.
+A MIM batch adds `image_starts`, `image_rows` (b, m) and packed `images` or
+`vit_features` (n, …); see models/mim.py.
 """
 from __future__ import annotations
 
@@ -24,8 +26,14 @@ def cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, weights_bt: jax.
   return (losses_bt * weights_bt).sum() / jnp.maximum(total, 1.0), total
 
 
+# Batch keys that MIM takes as keyword inputs (absent for a text-only LLM batch).
+IMAGE_INPUTS = {"image_starts": "image_starts_bm", "image_rows": "image_rows_bm", "images": "images",
+                "vit_features": "vit_features"}
+
+
 def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
-  logits_btv = model.apply({"params": params}, batch["tokens"], batch.get("positions"), batch.get("mask"))
+  images = {arg: batch[key] for key, arg in IMAGE_INPUTS.items() if key in batch}
+  logits_btv = model.apply({"params": params}, batch["tokens"], batch.get("positions"), batch.get("mask"), **images)
   loss, tokens = cross_entropy(logits_btv, batch["targets"], batch["weights"])
   return loss, {"loss": loss, "tokens": tokens}
 
