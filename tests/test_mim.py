@@ -40,7 +40,7 @@ def tokenizer(tmp_path_factory):
 def _config(tokenizer):
   llm = LlamaConfig(vocab_size=tokenizer.vocab_size, embed_dim=24, num_layers=2, num_heads=4, num_kv_heads=2,
                     head_dim=6, mlp_dim=48, init_std=0.3)
-  return MIMConfig(llm, VisionConfig.preset("tiny", init_std=0.3), QFormerConfig.preset("tiny", init_std=0.3))
+  return MIMConfig(llm, VisionConfig.preset("tiny"), QFormerConfig.preset("tiny", init_std=0.3))
 
 
 def _params(cfg, seed=0):

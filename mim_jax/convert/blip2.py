@@ -144,7 +144,7 @@ def vision_config_from_hf(hf: Mapping[str, Any], source: str = "config.json", **
       num_heads=values["num_attention_heads"],
       mlp_dim=values["intermediate_size"],
       norm_eps=float(values["layer_norm_eps"]),
-      init_std=float(values.get("initializer_range", VisionConfig.init_std)),
+      # initializer_range is not read: BLIP-2's is 1e-10 and a pretrained frozen tower is never re-initialised.
   )
   return VisionConfig.from_dict({**config, **overrides})
 

@@ -18,12 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mim_jax.models import tower_config
-from mim_jax.models.llama import REMAT_POLICIES
+from mim_jax.models import config_checks
 from mim_jax.models.llama_config import DTYPES
 from mim_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
 from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param
 from mim_jax.nn.layers import dense_param
+from mim_jax.nn.remat import POLICY_NAMES, remat_layer
 from mim_jax.nn.sharding import constrain
 
 _SECTION = "vision"
@@ -46,18 +46,18 @@ class VisionConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    tower_config.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
-    tower_config.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
-    tower_config.check_choice(_SECTION, "remat_policy", self.remat_policy, ("none", *REMAT_POLICIES))
-    tower_config.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
-    tower_config.check_positive_ints(
+    config_checks.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
+    config_checks.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
+    config_checks.check_choice(_SECTION, "remat_policy", self.remat_policy, POLICY_NAMES)
+    config_checks.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
+    config_checks.check_positive_ints(
         _SECTION, self, ("image_size", "patch_size", "embed_dim", "num_layers", "num_heads", "mlp_dim"))
-    tower_config.check_divides(_SECTION, self, "image_size", "patch_size")
-    tower_config.check_divides(_SECTION, self, "embed_dim", "num_heads")
+    config_checks.check_divides(_SECTION, self, "image_size", "patch_size")
+    config_checks.check_divides(_SECTION, self, "embed_dim", "num_heads")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "VisionConfig":
-    return tower_config.from_dict(cls, values, _SECTION)
+    return config_checks.from_dict(cls, values, _SECTION)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "VisionConfig":
@@ -134,12 +134,6 @@ class VisionLayer(nn.Module):
     return constrain(x_btd, ("batch", "length", "act_vit_embed")), None
 
 
-def _layer_class(cfg: VisionConfig):
-  if cfg.remat_policy == "none":
-    return VisionLayer
-  return nn.remat(VisionLayer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-
-
 class EvaViT(nn.Module):
   """Patch embedding (14x14 conv as a matmul) + class token + learned positions
   → pre-LN blocks → post LayerNorm. Returns (b, num_positions, embed_dim)."""
@@ -173,7 +167,7 @@ class EvaViT(nn.Module):
     x_btd = jnp.concatenate([class_b1d, x_btd], axis=1) + positions_td.astype(cd)
     x_btd = constrain(x_btd, ("batch", "length", "act_vit_embed"))
 
-    layer = _layer_class(cfg)
+    layer = remat_layer(VisionLayer, cfg.remat_policy, cfg.scan_layers)
     if cfg.scan_layers:
       layers = nn.scan(
           layer,

@@ -13,15 +13,9 @@ from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.nn.attention import dot_product_attention
 from mim_jax.nn.kv_cache import KVCache
 from mim_jax.nn.layers import RMSNorm, SwiGLU, dense_param
+from mim_jax.nn.remat import remat_layer
 from mim_jax.nn.rope import apply_rope, inverse_frequencies
 from mim_jax.nn.sharding import constrain
-
-REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 class Attention(nn.Module):
   config: LlamaConfig
@@ -69,12 +63,6 @@ class DecoderLayer(nn.Module):
     return constrain(x_btd, ("batch", "length", "act_embed")), kv
 
 
-def _layer_class(cfg: LlamaConfig):
-  if cfg.remat_policy == "none":
-    return DecoderLayer
-  return nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-
-
 class Llama(nn.Module):
   """Token (or given) embeddings → decoder stack → final norm → logits (float32)."""
 
@@ -87,7 +75,7 @@ class Llama(nn.Module):
         "embedding", nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
         (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype,
     )
-    layer = _layer_class(cfg)
+    layer = remat_layer(DecoderLayer, cfg.remat_policy, cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
           layer,

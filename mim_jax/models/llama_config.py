@@ -7,11 +7,13 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from mim_jax.models import config_checks
 from mim_jax.nn.attention import IMPLEMENTATIONS
+from mim_jax.nn.remat import POLICY_NAMES
 from mim_jax.nn.rope import SCALING_TYPES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+_SECTION = "model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,29 +42,20 @@ class LlamaConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    _check_choice("rope_scaling_type", self.rope_scaling_type, SCALING_TYPES)
-    _check_choice("dtype", self.dtype, tuple(DTYPES))
-    _check_choice("param_dtype", self.param_dtype, tuple(DTYPES))
-    _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
-    _check_choice("attention_impl", self.attention_impl, IMPLEMENTATIONS)
-    for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"model.{name} must be a positive int, got {value!r}")
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(
-          f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})"
-      )
+    config_checks.check_choice(_SECTION, "rope_scaling_type", self.rope_scaling_type, SCALING_TYPES)
+    config_checks.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
+    config_checks.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
+    config_checks.check_choice(_SECTION, "remat_policy", self.remat_policy, POLICY_NAMES)
+    config_checks.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
+    config_checks.check_positive_ints(
+        _SECTION, self, ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"))
+    config_checks.check_divides(_SECTION, self, "num_heads", "num_kv_heads")
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "LlamaConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown model field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**dict(values))
+    return config_checks.from_dict(cls, values, _SECTION)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -84,8 +77,3 @@ class LlamaConfig:
         high_freq_factor=self.rope_high_freq_factor,
         original_max_positions=self.rope_original_max_positions,
     )
-
-
-def _check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ValueError(f"model.{field} is {value!r}; allowed values: {', '.join(allowed)}")

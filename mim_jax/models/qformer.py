@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mim_jax.models import tower_config
+from mim_jax.models import config_checks
 from mim_jax.models.llama_config import DTYPES
 from mim_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
 from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param
@@ -45,19 +45,19 @@ class QFormerConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    tower_config.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
-    tower_config.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
-    tower_config.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
-    tower_config.check_positive_ints(
+    config_checks.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
+    config_checks.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
+    config_checks.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
+    config_checks.check_positive_ints(
         _SECTION, self,
         ("num_queries", "embed_dim", "num_layers", "num_heads", "mlp_dim", "encoder_dim", "cross_attention_frequency"))
-    tower_config.check_divides(_SECTION, self, "embed_dim", "num_heads")
+    config_checks.check_divides(_SECTION, self, "embed_dim", "num_heads")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"{_SECTION}.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "QFormerConfig":
-    return tower_config.from_dict(cls, values, _SECTION)
+    return config_checks.from_dict(cls, values, _SECTION)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "QFormerConfig":
