@@ -41,21 +41,22 @@ def dot_product_attention(
   if impl == "cudnn":
     return _cudnn_attention(q_btnh, k_bskh, v_bskh, mask_bts)
 
+  # Fold each KV head's query group into the query axis: every score is then a
+  # plain 4-D batched matmul (b, kv head) x (g*t, s), which XLA lays out without
+  # the transposes of the full (t, s) matrices a 5-D einsum needs.
   groups = n // num_kv
-  q_btkgh = q_btnh.reshape(b, t, num_kv, groups, h)
+  q_bkqh = q_btnh.reshape(b, t, num_kv, groups, h).transpose(0, 2, 3, 1, 4).reshape(b, num_kv, groups * t, h)
   scale = jnp.asarray(h**-0.5, q_btnh.dtype)
-  logits_bkgts = jnp.einsum(
-      "btkgh,bskh->bkgts", q_btkgh * scale, k_bskh, preferred_element_type=jnp.float32
-  )
+  logits_bkqs = jnp.einsum("bkqh,bskh->bkqs", q_bkqh * scale, k_bskh, preferred_element_type=jnp.float32)
   if mask_bts is not None:
-    mask_b11ts = mask_bts[:, None, None, :, :]
-    logits_bkgts = jnp.where(mask_b11ts, logits_bkgts, jnp.finfo(jnp.float32).min)
-  weights_bkgts = jax.nn.softmax(logits_bkgts, axis=-1)
+    mask_b1qs = jnp.tile(mask_bts[:, None], (1, 1, groups, 1))
+    logits_bkqs = jnp.where(mask_b1qs, logits_bkqs, jnp.finfo(jnp.float32).min)
+  weights_bkqs = jax.nn.softmax(logits_bkqs, axis=-1)
+  out_bkqh = jnp.einsum("bkqs,bskh->bkqh", weights_bkqs.astype(v_bskh.dtype), v_bskh)
   if mask_bts is not None:
     # A fully masked row would be a uniform average of garbage; make it zero.
-    weights_bkgts = jnp.where(mask_b11ts, weights_bkgts, 0.0)
-  out_btkgh = jnp.einsum("bkgts,bskh->btkgh", weights_bkgts.astype(v_bskh.dtype), v_bskh)
-  return out_btkgh.reshape(b, t, n, h)
+    out_bkqh = out_bkqh * jnp.any(mask_b1qs, axis=-1, keepdims=True).astype(out_bkqh.dtype)
+  return out_bkqh.reshape(b, num_kv, groups, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def _cudnn_attention(q_btnh, k_bskh, v_bskh, mask_bts):
