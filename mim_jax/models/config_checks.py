@@ -1,9 +1,42 @@
-"""Checks shared by the vision and Q-Former config dataclasses, with messages
-that name the section and field (`vision.embed_dim`, `qformer.dtype`)."""
+"""What the model config dataclasses share (LlamaConfig, VisionConfig,
+QFormerConfig): dict round trips, dtypes, and checks whose messages name the
+section and field (`model.num_heads`, `vision.embed_dim`, `qformer.dtype`)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
+
+import jax.numpy as jnp
+
+from mim_jax.nn.attention import IMPLEMENTATIONS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class TowerConfig:
+  """Mixin for frozen config dataclasses with `dtype`, `param_dtype` and `attention_impl` fields."""
+
+  SECTION: ClassVar[str] = "model"
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]):
+    return from_dict(cls, values, cls.SECTION)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def weight_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  def check_dtypes_and_attention(self) -> None:
+    check_choice(self.SECTION, "dtype", self.dtype, DTYPES)
+    check_choice(self.SECTION, "param_dtype", self.param_dtype, DTYPES)
+    check_choice(self.SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
 
 
 def from_dict(cls, values: Mapping[str, Any], section: str):

@@ -12,15 +12,14 @@ release; LAVIS used 1e-5 for its final `ln_vision`, HF does not).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mim_jax.models import config_checks
-from mim_jax.models.llama_config import DTYPES
-from mim_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
+from mim_jax.nn.attention import dot_product_attention
 from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param
 from mim_jax.nn.layers import dense_param
 from mim_jax.nn.remat import POLICY_NAMES, remat_layer
@@ -30,7 +29,9 @@ _SECTION = "vision"
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(config_checks.TowerConfig):
+  SECTION: ClassVar[str] = _SECTION
+
   image_size: int = 224
   patch_size: int = 14
   embed_dim: int = 1408
@@ -46,27 +47,18 @@ class VisionConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    config_checks.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
-    config_checks.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
+    self.check_dtypes_and_attention()
     config_checks.check_choice(_SECTION, "remat_policy", self.remat_policy, POLICY_NAMES)
-    config_checks.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
     config_checks.check_positive_ints(
         _SECTION, self, ("image_size", "patch_size", "embed_dim", "num_layers", "num_heads", "mlp_dim"))
     config_checks.check_divides(_SECTION, self, "image_size", "patch_size")
     config_checks.check_divides(_SECTION, self, "embed_dim", "num_heads")
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "VisionConfig":
-    return config_checks.from_dict(cls, values, _SECTION)
-
-  @classmethod
   def preset(cls, name: str, **overrides) -> "VisionConfig":
     if name not in PRESETS:
       raise ValueError(f"unknown vision preset {name!r}; presets: {', '.join(PRESETS)}")
     return cls.from_dict({**PRESETS[name], **overrides})
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
   @property
   def head_dim(self) -> int:
@@ -79,14 +71,6 @@ class VisionConfig:
   @property
   def num_positions(self) -> int:
     return self.grid_size**2 + 1
-
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
-  def weight_dtype(self):
-    return DTYPES[self.param_dtype]
 
 
 PRESETS = {

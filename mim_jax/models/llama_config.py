@@ -3,21 +3,19 @@ errors that name the bad field and what it may be."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
-
-import jax.numpy as jnp
+from typing import Any, ClassVar
 
 from mim_jax.models import config_checks
-from mim_jax.nn.attention import IMPLEMENTATIONS
 from mim_jax.nn.remat import POLICY_NAMES
 from mim_jax.nn.rope import SCALING_TYPES
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _SECTION = "model"
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(config_checks.TowerConfig):
+  SECTION: ClassVar[str] = _SECTION
+
   vocab_size: int = 32000
   embed_dim: int = 4096
   num_layers: int = 32
@@ -43,30 +41,13 @@ class LlamaConfig:
 
   def __post_init__(self):
     config_checks.check_choice(_SECTION, "rope_scaling_type", self.rope_scaling_type, SCALING_TYPES)
-    config_checks.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
-    config_checks.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
+    self.check_dtypes_and_attention()
     config_checks.check_choice(_SECTION, "remat_policy", self.remat_policy, POLICY_NAMES)
-    config_checks.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
     config_checks.check_positive_ints(
         _SECTION, self, ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"))
     config_checks.check_divides(_SECTION, self, "num_heads", "num_kv_heads")
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "LlamaConfig":
-    return config_checks.from_dict(cls, values, _SECTION)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
-  def weight_dtype(self):
-    return DTYPES[self.param_dtype]
 
   def rope_kwargs(self) -> dict[str, Any]:
     return dict(

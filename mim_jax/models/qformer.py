@@ -12,15 +12,14 @@ not applied here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mim_jax.models import config_checks
-from mim_jax.models.llama_config import DTYPES
-from mim_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
+from mim_jax.nn.attention import dot_product_attention
 from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param
 from mim_jax.nn.layers import dense_param
 from mim_jax.nn.sharding import constrain
@@ -29,7 +28,9 @@ _SECTION = "qformer"
 
 
 @dataclasses.dataclass(frozen=True)
-class QFormerConfig:
+class QFormerConfig(config_checks.TowerConfig):
+  SECTION: ClassVar[str] = _SECTION
+
   num_queries: int = 32
   embed_dim: int = 768
   num_layers: int = 12
@@ -45,9 +46,7 @@ class QFormerConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    config_checks.check_choice(_SECTION, "dtype", self.dtype, DTYPES)
-    config_checks.check_choice(_SECTION, "param_dtype", self.param_dtype, DTYPES)
-    config_checks.check_choice(_SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
+    self.check_dtypes_and_attention()
     config_checks.check_positive_ints(
         _SECTION, self,
         ("num_queries", "embed_dim", "num_layers", "num_heads", "mlp_dim", "encoder_dim", "cross_attention_frequency"))
@@ -56,17 +55,10 @@ class QFormerConfig:
       raise ValueError(f"{_SECTION}.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "QFormerConfig":
-    return config_checks.from_dict(cls, values, _SECTION)
-
-  @classmethod
   def preset(cls, name: str, **overrides) -> "QFormerConfig":
     if name not in PRESETS:
       raise ValueError(f"unknown qformer preset {name!r}; presets: {', '.join(PRESETS)}")
     return cls.from_dict({**PRESETS[name], **overrides})
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
   def has_cross_attention(self, layer: int) -> bool:
     return layer % self.cross_attention_frequency == 0
@@ -74,14 +66,6 @@ class QFormerConfig:
   @property
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
-
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
-  def weight_dtype(self):
-    return DTYPES[self.param_dtype]
 
 
 PRESETS = {
