@@ -13,21 +13,27 @@ and TextBind's state dict (`qformer_projection.`) load through the same code.
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from mim_jax.convert.table import (Entry, get_path, layered_tensors, load_layered, read_tensor, set_path, shapes_of,
-                                   to_host, transpose)
 from mim_jax.convert.safetensors_io import CheckpointReader
+from mim_jax.convert.table import (
+  Entry,
+  get_path,
+  layered_tensors,
+  load_layered,
+  read_config_json,
+  read_tensor,
+  set_path,
+  shapes_of,
+  to_host,
+  transpose,
+)
 from mim_jax.models import eva_vit, qformer
 from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.qformer import QFormerConfig
-
-
 
 
 def _split_heads(w, c):  # (n*h, in) → (in, n, h)
@@ -208,13 +214,7 @@ def qformer_config_to_hf(cfg: QFormerConfig) -> dict[str, Any]:
 
 
 def read_hf_config(directory: str | os.PathLike, **overrides) -> tuple[VisionConfig, QFormerConfig, int]:
-  path = Path(directory) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: point at a Hugging Face BLIP-2 directory (config.json + safetensors)")
-  try:
-    hf = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  hf, path = read_config_json(directory, "BLIP-2")
   return configs_from_hf(hf, str(path), **overrides)
 
 

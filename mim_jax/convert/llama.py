@@ -16,9 +16,18 @@ import ml_dtypes
 import numpy as np
 
 from mim_jax.convert.safetensors_io import CheckpointReader, write_sharded
-from mim_jax.convert.table import Entry, Transform, layered_tensors, load_layered, shapes_of, transpose
+from mim_jax.convert.table import (
+  Entry,
+  Transform,
+  layered_tensors,
+  load_layered,
+  read_config_json,
+  shapes_of,
+  transpose,
+)
 from mim_jax.models.llama import abstract_params
 from mim_jax.models.llama_config import LlamaConfig
+
 
 def _heads_in(heads: Callable[[LlamaConfig], int]) -> tuple[Transform, Transform]:
   to_ours = lambda w, c: w.T.reshape(c.embed_dim, heads(c), c.head_dim)
@@ -136,13 +145,7 @@ def config_to_hf(cfg: LlamaConfig, dtype: str, token_ids: Mapping[str, int | Non
 
 
 def read_hf_config(directory: str | os.PathLike, **overrides) -> LlamaConfig:
-  path = Path(directory) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: point at a Hugging Face Llama directory (config.json + safetensors)")
-  try:
-    hf = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  hf, path = read_config_json(directory, "Llama")
   return config_from_hf(hf, str(path), **overrides)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from mim_jax.convert import blip2, llama
 from mim_jax.convert.safetensors_io import CheckpointReader, SafetensorsFile, write_safetensors, write_sharded
-from mim_jax.convert.table import ArrayReader
+from mim_jax.convert.table import ArrayReader, read_config_json
 from mim_jax.data.images import CLIP_MEAN, CLIP_STD
 from mim_jax.models.mim import MIMConfig
 
@@ -33,10 +33,7 @@ TEXTBIND_PROJECTION = "qformer_projection."
 def load_hf_mim(directory: str | os.PathLike, *, with_vision: bool = True, llm_overrides=None,
                 vision_overrides=None, qformer_overrides=None) -> tuple[MIMConfig, dict]:
   """(MIMConfig, host params) from a Blip2ForConditionalGeneration directory with a Llama LLM."""
-  path = Path(directory) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: point at a Hugging Face BLIP-2/MIM directory")
-  hf = json.loads(path.read_text())
+  hf, path = read_config_json(directory, "BLIP-2/MIM")
   vision, qformer_cfg, llm_width = blip2.configs_from_hf(
       hf, str(path), vision_overrides=vision_overrides, qformer_overrides=qformer_overrides)
   llm_cfg = llama.config_from_hf(hf.get("text_config") or {}, f"{path} text_config", **(llm_overrides or {}))

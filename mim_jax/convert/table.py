@@ -3,6 +3,9 @@ reading tensors with shape checks, and stacked (scan) vs unrolled layer layouts.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
@@ -25,6 +28,17 @@ class Entry:
   @property
   def per_layer(self) -> bool:
     return "{i}" in self.hf
+
+
+def read_config_json(directory: str | os.PathLike, kind: str) -> tuple[dict, Path]:
+  """(config.json contents, its path); `kind` names the expected checkpoint in errors."""
+  path = Path(directory) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: point at a Hugging Face {kind} directory (config.json + safetensors)")
+  try:
+    return json.loads(path.read_text()), path
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def get_path(tree: Mapping, path: tuple[str, ...]):
