@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import re
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ from mim_jax.nn.attention import dot_product_attention  # noqa: E402
 from mim_jax.nn.layers import SwiGLU  # noqa: E402
 from mim_jax.train import lm_step  # noqa: E402
 from mim_jax.train.optimizer import make_optimizer  # noqa: E402
+from bench.common import Timing, cpu_seconds, machine, measure, ms, progress, row  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,31 +67,6 @@ DECODE_BATCHES = (1, 8)
 
 
 # --------------------------------------------------------------------------- timing
-
-
-@dataclasses.dataclass
-class Timing:
-  median_s: float
-  first_s: float  # the warm-up call: includes compilation when the callable is not precompiled
-  cpu_per_wall: float  # process CPU seconds per wall second while timing: ~nproc means every core worked
-
-
-def _cpu_s() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
-
-
-def measure(fn, repeats: int) -> Timing:
-  """One warm-up call, then the median of `repeats` calls; `fn` must block until done."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  runs, cpu0, wall0 = [], _cpu_s(), time.perf_counter()
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    runs.append(time.perf_counter() - start)
-  return Timing(statistics.median(runs), first, (_cpu_s() - cpu0) / (time.perf_counter() - wall0))
 
 
 # --------------------------------------------------------------------------- models and work counts
@@ -340,25 +313,6 @@ def logits_diff(cfg, params, model, prompts_bt: np.ndarray) -> float:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-  cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")), platform.processor())
-  flags = next((line.split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("flags")), [])
-  simd = " ".join(f for f in ("avx2", "fma", "avx512f", "amx_tile") if f in flags)
-  return (f"{os.cpu_count()} cores ({cpu}, {simd}), jax {jax.__version__} on {jax.devices()[0].platform} "
-          f"x{jax.device_count()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"transformers {transformers.__version__}, load average {os.getloadavg()[0]:.1f}")
-
-
-def row(*cells) -> str:
-  return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def ms(seconds: float) -> str:
-  return f"{seconds * 1e3:,.0f} ms" if seconds < 10 else f"{seconds:,.1f} s"
-
-
 @dataclasses.dataclass
 class Results:
   sizes: Sizes
@@ -399,7 +353,7 @@ def main() -> None:
                               train_repeats=args.train_repeats or sizes.train_repeats)
   torch.set_num_threads(os.cpu_count())
   transformers.utils.logging.disable_progress_bar()
-  wall0, cpu0 = time.perf_counter(), _cpu_s()
+  wall0, cpu0 = time.perf_counter(), cpu_seconds()
   print(f"machine: {machine()}", flush=True)
   if jax.device_count() != 1:
     raise SystemExit(f"expected one CPU device, got {jax.device_count()}: check XLA_FLAGS")
@@ -439,11 +393,7 @@ def main() -> None:
   progress("forward only", wall0)
   res.parts = breakdown(cfg, params, batch, 1)
   res.weight_bytes = decode_weight_bytes(cfg, params)
-  report(res, time.perf_counter() - wall0, _cpu_s() - cpu0)
-
-
-def progress(what: str, wall0: float) -> None:
-  print(f"[{time.perf_counter() - wall0:6.0f} s] {what}", flush=True)
+  report(res, time.perf_counter() - wall0, cpu_seconds() - cpu0)
 
 
 def fastest_layout(res: Results) -> bool:

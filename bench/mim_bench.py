@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import re
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -50,6 +47,7 @@ from mim_jax.models.llama import Llama  # noqa: E402
 from mim_jax.models.mim import MIM, MIMConfig, pack_images  # noqa: E402
 from mim_jax.train import lm_step  # noqa: E402
 from mim_jax.train.freeze import STAGE_TRAINABLE, freeze  # noqa: E402
+from bench.common import cpu_seconds, machine, measure, ms, progress, row  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,31 +76,6 @@ ADAMW = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3)
 
 
 # --------------------------------------------------------------------------- timing
-
-
-@dataclasses.dataclass
-class Timing:
-  median_s: float
-  first_s: float  # the warm-up call (torch's first call pays allocator and kernel selection)
-  cpu_per_wall: float  # process CPU seconds per wall second while timing: ~nproc means every core worked
-
-
-def _cpu_s() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
-
-
-def measure(fn, repeats: int) -> Timing:
-  """One warm-up call, then the median of `repeats` calls; `fn` must block until done."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  runs, cpu0, wall0 = [], _cpu_s(), time.perf_counter()
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    runs.append(time.perf_counter() - start)
-  return Timing(statistics.median(runs), first, (_cpu_s() - cpu0) / (time.perf_counter() - wall0))
 
 
 def compile_timed(jitted, *args):
@@ -357,30 +330,6 @@ def torch_parts(model, batch, repeats: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-  cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-  cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-             platform.processor())
-  flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
-  simd = " ".join(f for f in ("avx2", "fma", "avx512f", "amx_tile") if f in flags)
-  return (f"{os.cpu_count()} cores ({cpu}, {simd}), jax {jax.__version__} on {jax.devices()[0].platform} "
-          f"x{jax.device_count()}, torch {torch.__version__} with {torch.get_num_threads()} threads and "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, transformers {transformers.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-
-
-def row(*cells) -> str:
-  return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def ms(seconds: float) -> str:
-  return f"{seconds * 1e3:,.0f} ms" if seconds < 10 else f"{seconds:,.1f} s"
-
-
-def progress(what: str, wall0: float) -> None:
-  print(f"[{time.perf_counter() - wall0:6.0f} s] {what}", flush=True)
-
-
 def describe(sizes: Sizes, cfg: MIMConfig, attention: str) -> str:
   (vd, vl, vh, vf), (qd, ql, qh, qf), (ld, ll, lh, lf, vocab) = sizes.vit, sizes.qformer, sizes.llm
   s = cfg.vision.num_positions
@@ -450,7 +399,7 @@ def main() -> None:
   sizes = QUICK if args.quick else FULL
   torch.set_num_threads(os.cpu_count())
   transformers.utils.logging.disable_progress_bar()
-  wall0, cpu0 = time.perf_counter(), _cpu_s()
+  wall0, cpu0 = time.perf_counter(), cpu_seconds()
   print(f"machine: {machine()}", flush=True)
   if jax.device_count() != 1:
     raise SystemExit(f"expected one CPU device, got {jax.device_count()}: check XLA_FLAGS")
@@ -482,7 +431,7 @@ def main() -> None:
   progress(f"torch train: {ms(res['torch_train'][0].median_s)}", wall0)
   res["torch_parts"] = torch_parts(model, batch, sizes.part_repeats)
   progress("breakdown", wall0)
-  report(sizes, cfg, args.torch_attention, res, time.perf_counter() - wall0, _cpu_s() - cpu0)
+  report(sizes, cfg, args.torch_attention, res, time.perf_counter() - wall0, cpu_seconds() - cpu0)
 
 
 if __name__ == "__main__":
