@@ -195,17 +195,22 @@ def save_hf_llama(directory: str | os.PathLike, cfg: LlamaConfig, params: Mappin
     raise ValueError(f"export dtype {dtype!r} is not one of {sorted(EXPORT_DTYPES)}")
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  token_ids = _token_ids(tokenizer)
+  token_ids = special_token_ids(tokenizer)
   write_sharded(directory, hf_tensors(cfg, params, EXPORT_DTYPES[dtype]), max_shard_bytes)
   (directory / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype, token_ids), indent=2))
-  generation = {**token_ids, "do_sample": False, "max_new_tokens": 256}
-  (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
+  write_generation_config(directory, token_ids)
   if tokenizer is not None:
     tokenizer.save_pretrained(directory)
   return directory
 
 
-def _token_ids(tokenizer) -> dict[str, int | None]:
+def write_generation_config(directory: Path, token_ids: Mapping[str, int | None]) -> None:
+  """Greedy by default, as TextBind decodes (spec §4)."""
+  generation = {**token_ids, "do_sample": False, "max_new_tokens": 256}
+  (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
+
+
+def special_token_ids(tokenizer) -> dict[str, int | None]:
   if tokenizer is None:
     return {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
   return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}

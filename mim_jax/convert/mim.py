@@ -67,7 +67,7 @@ def save_hf_mim(directory: str | os.PathLike, cfg: MIMConfig, params: Mapping, *
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   write_sharded(directory, _tensors(cfg, params, np_dtype, "language_projection."), max_shard_bytes)
-  token_ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+  token_ids = llama.special_token_ids(tokenizer)
   config = {
       "architectures": ["Blip2ForConditionalGeneration"],
       "model_type": "blip-2",
@@ -81,8 +81,7 @@ def save_hf_mim(directory: str | os.PathLike, cfg: MIMConfig, params: Mapping, *
       "torch_dtype": dtype,
   }
   (directory / "config.json").write_text(json.dumps(config, indent=2))
-  generation = {**token_ids, "do_sample": False, "max_new_tokens": 256}
-  (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
+  llama.write_generation_config(directory, token_ids)
   processor = {
       "image_processor_type": "BlipImageProcessor", "processor_class": "Blip2Processor",
       "do_convert_rgb": True, "do_resize": True, "size": {"height": cfg.vision.image_size,
