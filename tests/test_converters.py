@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from mim_jax.data import convert_datasets, schema, tfds_writer
-from mim_jax.data.conversation import ProblemCounts
-from mim_jax.data.converters import (caption_tsv, llava, minigpt4, multiinstruct, platypus, shikra, textbind,
+from mim_jax.data.conversation import ConversationError, ProblemCounts
+from mim_jax.data.converters import (caption_tsv, common, llava, minigpt4, multiinstruct, platypus, shikra, textbind,
                                      webdataset)
 from record_helpers import encoded_image, read_split
 
@@ -252,3 +252,10 @@ def test_cli_end_to_end(tmp_path, capsys):
   assert convert_datasets.main(["llava", "--input", str(train), "--images", str(tmp_path / "nowhere"),
                                 "--out", str(tmp_path / "data"), "--name", "other"]) == 2
   assert "--images" in capsys.readouterr().err
+
+
+def test_oversized_image_is_a_bad_image(monkeypatch):
+  monkeypatch.setattr(common, "MAX_PIXELS", 100)
+  with pytest.raises(ConversationError, match="64x48 is over 100 pixels") as error:
+    common.check_image_bytes(JPEG, "x.jpg")
+  assert error.value.reason == "bad_image"

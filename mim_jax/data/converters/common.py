@@ -33,6 +33,8 @@ def check_image_bytes(data: bytes, where: str) -> tuple[int, int]:
         raise ConversationError("bad_image", f"{where}: {size[0]}x{size[1]} is over {MAX_PIXELS} pixels")
       image.draft("RGB", _CHECK_SIZE)
       image.load()
+  except ConversationError:
+    raise
   except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as error:
     raise ConversationError("bad_image", f"{where}: cannot be decoded ({type(error).__name__}: {error}); "
                                          "re-download it or leave it out") from None

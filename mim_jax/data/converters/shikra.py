@@ -28,8 +28,8 @@ def boxes_as_text(text: str, boxes_seq, boxes: list, size: tuple[int, int], wher
   """`text` with each phrase end replaced by the phrase's boxes, normalized."""
   pieces = text.replace(PHRASE_START, "").split(PHRASE_END)
   boxes_seq = boxes_seq or []
-  if len(pieces) - 1 != len(boxes_seq):
-    raise ConversationError("malformed", f"{where}: {len(pieces) - 1} phrases but {len(boxes_seq)} box lists")
+  if not isinstance(boxes_seq, list) or len(pieces) - 1 != len(boxes_seq):
+    raise ConversationError("malformed", f"{where}: {len(pieces) - 1} phrases but box lists {boxes_seq!r}")
   width, height = size
   out = [pieces[0]]
   for indices, piece in zip(boxes_seq, pieces[1:]):
