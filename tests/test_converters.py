@@ -259,3 +259,14 @@ def test_oversized_image_is_a_bad_image(monkeypatch):
   with pytest.raises(ConversationError, match="64x48 is over 100 pixels") as error:
     common.check_image_bytes(JPEG, "x.jpg")
   assert error.value.reason == "bad_image"
+
+
+def test_threads_keep_order_and_counts(tmp_path):
+  images = _images(tmp_path / "img", {f"{i}.jpg": JPEG for i in range(0, 40, 3)})
+  input = tmp_path / "pairs.tsv"
+  input.write_text("".join(f"caption {i}\t{i}.jpg\n" for i in range(40)))
+  serial, parallel = ProblemCounts(), ProblemCounts()
+  expected = [r["caption"] for r in caption_tsv.records(input, images, serial, "unit")]
+  assert [r["caption"] for r in caption_tsv.records(input, images, parallel, "unit", workers=4)] == expected
+  assert expected == [f"caption {i}" for i in range(0, 40, 3)]
+  assert (parallel.kept, parallel.skipped) == (serial.kept, serial.skipped) == (14, {"missing_image": 26})

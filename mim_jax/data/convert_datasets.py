@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
   shards = parser.add_mutually_exclusive_group()
   shards.add_argument("--num-shards", type=_positive, help="files per split")
   shards.add_argument("--shard-size", type=_positive, help="records per file")
+  parser.add_argument("--workers", type=_positive, default=min(8, os.cpu_count() or 1),
+                      help="threads reading and checking images (default: up to 8, one per CPU)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset version")
   return parser
 
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = {}
     for split, path in _split_inputs(args.input).items():
       counts[split] = ProblemCounts()
-      records = converter.records(path, args.images, counts[split], args.source_tag or args.source)
+      records = converter.records(path, args.images, counts[split], args.source_tag or args.source, args.workers)
       splits[split] = itertools.islice(records, args.max_records)
     path = tfds_writer.write_dataset(args.out, name, kind, splits, version=args.version,
                                      description=f"{args.source} converted by mim_jax.data.convert_datasets",

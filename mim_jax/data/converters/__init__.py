@@ -1,5 +1,5 @@
 """One converter per public training-data format, each turning its files into
-schema.py records: `records(input, images, counts, source)` yields record
+schema.py records: `records(input, images, counts, source, workers)` yields record
 dicts and counts what it skips. `CONVERTERS` maps the CLI's source names to
 (record kind, converter module); see convert_datasets.py.
 """

@@ -44,7 +44,8 @@ def _lines(input: Path, counts: ProblemCounts) -> Iterator[tuple[int, str]]:
         yield number, line
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   folder = ImageFolder(images or input.parent)
 
   def to_record(index: int, numbered_line) -> dict:
@@ -65,4 +66,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     data, _ = folder.read(_file_name(image))
     return {"id": f"{input.stem}-{number}", "source": source, "caption": caption, "image": data}
 
-  return convert_each(_lines(input, counts), to_record, counts)
+  return convert_each(_lines(input, counts), to_record, counts, workers)

@@ -7,6 +7,8 @@ counts it in ProblemCounts and goes on, so one bad line never stops a job.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import io
 import json
 import struct
@@ -21,6 +23,7 @@ from mim_jax.data.images import MAX_PIXELS
 # PIL's JPEG draft mode decodes at 1/8 scale: a real decode (truncation shows)
 # at a fraction of the cost of a full one.
 _CHECK_SIZE = (64, 64)
+_IN_FLIGHT_PER_WORKER = 4
 
 
 def check_image_bytes(data: bytes, where: str) -> tuple[int, int]:
@@ -94,20 +97,48 @@ def field(item: Any, key: str, kind: type | tuple[type, ...], where: str):
   return value
 
 
-def convert_each(items: Iterable[Any], to_record: Callable[[int, Any], dict], counts: ProblemCounts) -> Iterator[dict]:
-  """`to_record(index, item)` for each item, skipping (and counting) the ones
-  that raise ConversationError. An item that IS a ConversationError (a bad
-  line) is counted as it stands."""
-  for index, item in enumerate(items):
+def convert_each(items: Iterable[Any], to_record: Callable[[int, Any], dict], counts: ProblemCounts,
+                 workers: int = 1) -> Iterator[dict]:
+  """`to_record(index, item)` for each item, in order, skipping (and counting)
+  the ones that raise ConversationError. An item that IS a ConversationError
+  (a bad line) is counted as it stands. With `workers` > 1, `to_record` runs
+  on that many threads (reading and decoding images releases the GIL); the
+  counts are still updated here, in item order."""
+
+  def attempt(index: int, item: Any) -> dict | ConversationError:
+    if isinstance(item, ConversationError):
+      return item
     try:
-      if isinstance(item, ConversationError):
-        raise item
-      record = to_record(index, item)
+      return to_record(index, item)
     except ConversationError as error:
-      counts.skip(error)
+      return error
+
+  for result in _ordered_map(attempt, enumerate(items), workers):
+    if isinstance(result, ConversationError):
+      counts.skip(result)
       continue
     counts.kept += 1
-    yield record
+    yield result
+
+
+def _ordered_map(function: Callable, argument_tuples: Iterable[tuple], workers: int) -> Iterator:
+  """`function(*args)` for each args, results in input order, at most a few
+  per worker in flight so an endless input never piles up in memory."""
+  if workers <= 1:
+    yield from (function(*args) for args in argument_tuples)
+    return
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  pending = collections.deque()
+  try:
+    for args in argument_tuples:
+      pending.append(pool.submit(function, *args))
+      if len(pending) >= _IN_FLIGHT_PER_WORKER * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    # A consumer that stops early (--max-records) must not wait for work it will never use.
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def single_turn(instruction: str, answer: str, name: str, image: str | None = None) -> Conversation:

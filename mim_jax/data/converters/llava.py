@@ -19,7 +19,8 @@ from mim_jax.data.converters.common import ImageFolder, field, convert_each, rea
 ROLES = {"human": "user", "gpt": "assistant"}
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   folder = ImageFolder(images or input.parent)
 
   def to_record(index: int, item) -> dict:
@@ -45,4 +46,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     return schema.conversation_record(conversation, image_bytes, id=str(item.get("id", f"{input.stem}-{index}")),
                                       source=source)
 
-  return convert_each(read_json_items(input), to_record, counts)
+  return convert_each(read_json_items(input), to_record, counts, workers)

@@ -32,7 +32,8 @@ DETAIL_INSTRUCTIONS = (
 SEED = "minigpt4"
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   folder = ImageFolder(images or input.parent / "image")
   if not input.is_file():
     raise FileNotFoundError(f"input file {input} not found (expected cc_sbu_align's filter_cap.json)")
@@ -56,4 +57,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     conversation = Conversation((Turn("user", content, image_list=(image,)), Turn("assistant", caption)), name=where)
     return schema.conversation_record(conversation, {image: folder.read(image)[0]}, id=str(image_id), source=source)
 
-  return convert_each(annotations, to_record, counts)
+  return convert_each(annotations, to_record, counts, workers)

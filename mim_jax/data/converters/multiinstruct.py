@@ -20,7 +20,8 @@ from mim_jax.data.conversation import ProblemCounts
 from mim_jax.data.converters.common import ImageFolder, convert_each, field, read_json_items, single_turn
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   folder = ImageFolder(images or input.parent)
 
   def to_record(index: int, item) -> dict:
@@ -33,4 +34,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     record_id = f"{item.get('task_name', 'task')}/{item.get('unique_id', index)}"
     return schema.conversation_record(conversation, {image: folder.read(image)[0]}, id=record_id, source=source)
 
-  return convert_each(read_json_items(input), to_record, counts)
+  return convert_each(read_json_items(input), to_record, counts, workers)

@@ -26,7 +26,8 @@ def _rows(input: Path) -> Iterator:
   return iter(pyarrow.parquet.read_table(input).to_pylist())
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   del images  # text only
 
   def to_record(index: int, item) -> dict:
@@ -41,4 +42,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     record_id = f"{item.get('data_source') or input.stem}/{index}"
     return schema.conversation_record(conversation, {}, id=record_id, source=source)
 
-  return convert_each(_rows(input), to_record, counts)
+  return convert_each(_rows(input), to_record, counts, workers)

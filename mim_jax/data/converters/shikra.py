@@ -41,7 +41,8 @@ def boxes_as_text(text: str, boxes_seq, boxes: list, size: tuple[int, int], wher
   return "".join(out)
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   folder = ImageFolder(images or input.parent)
 
   def to_record(index: int, item) -> dict:
@@ -59,4 +60,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     return schema.conversation_record(conversation, {image: data}, id=str(item.get("id", f"{input.stem}-{index}")),
                                       source=source)
 
-  return convert_each(read_json_items(input), to_record, counts)
+  return convert_each(read_json_items(input), to_record, counts, workers)

@@ -15,7 +15,8 @@ from mim_jax.data.conversation import ProblemCounts, conversation_from_json
 from mim_jax.data.converters.common import ImageFolder, convert_each, read_json_items
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   folder = ImageFolder(images or input.parent)
 
   def to_record(index: int, item) -> dict:
@@ -24,4 +25,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     record_id = str(conversation.extra.get("id", f"{input.stem}-{index}"))
     return schema.conversation_record(conversation, images, id=record_id, source=source)
 
-  return convert_each(read_json_items(input), to_record, counts)
+  return convert_each(read_json_items(input), to_record, counts, workers)

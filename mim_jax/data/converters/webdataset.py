@@ -55,7 +55,8 @@ def _samples(shards: list[Path]) -> Iterator[tuple[str, dict[str, bytes]] | Conv
       yield f"{shard.name}:{key}", members
 
 
-def records(input: Path, images: Path | None, counts: ProblemCounts, source: str) -> Iterator[dict]:
+def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,
+            workers: int = 1) -> Iterator[dict]:
   del images  # the images are inside the shards
   shards = _shards(input)
 
@@ -76,4 +77,4 @@ def records(input: Path, images: Path | None, counts: ProblemCounts, source: str
     check_image_bytes(image, where)
     return {"id": where, "source": source, "caption": caption.strip(), "image": image}
 
-  return convert_each(_samples(shards), to_record, counts)
+  return convert_each(_samples(shards), to_record, counts, workers)
