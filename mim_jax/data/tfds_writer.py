@@ -67,13 +67,15 @@ class _SplitShards:
     self._shard_bytes.append(0)
     self._writers.append(tf.io.TFRecordWriter(os.fspath(path)))
 
+  def _last_is_full(self) -> bool:
+    return (self._shard_size is not None and self.lengths[-1] >= self._shard_size) or \
+        self._shard_bytes[-1] >= self._max_shard_bytes
+
   def write(self, serialized: bytes) -> None:
     if self._round_robin:
       index = self._count % len(self._writers)
     else:
-      full = self.paths and (self.lengths[-1] >= (self._shard_size or float("inf"))
-                             or self._shard_bytes[-1] >= self._max_shard_bytes)
-      if not self.paths or full:
+      if not self.paths or self._last_is_full():
         if self._writers:
           self._writers[-1].close()
         self._open()
@@ -123,7 +125,7 @@ def write_dataset(data_dir: str | os.PathLike, name: str, kind: str, splits: Map
     info.set_file_format(tfds.core.FileFormat.TFRECORD)
     info.set_splits(tfds.core.SplitDict(split_infos))
     info.write_to_directory(staging)
-    _replace(staging, final)
+    _replace(staging, final, overwrite)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
@@ -177,12 +179,15 @@ def _write_split(staging: Path, name: str, split: str, records: Iterable[dict],
                              filename_template=template)
 
 
-def _replace(staging: Path, final: Path) -> None:
+def _replace(staging: Path, final: Path, overwrite: bool) -> None:
   """Renames `staging` to `final`; an existing `final` is moved aside first and
-  deleted only after the new one is in place."""
+  deleted only after the new one is in place (a crash in between leaves both
+  under hidden names, the old one recoverable by renaming it back)."""
   if not final.exists():
     staging.rename(final)
     return
+  if not overwrite:
+    raise FileExistsError(f"dataset {final} appeared while this one was written; pass overwrite=True to replace it")
   retired = final.parent / f".{final.name}.replaced-{uuid.uuid4().hex[:8]}"
   final.rename(retired)
   staging.rename(final)
