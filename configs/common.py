@@ -31,6 +31,7 @@ def data(data_dir: str, **sources: tuple[str, float]) -> ml_collections.ConfigDi
   mixture uniform over examples)."""
   config = ml_collections.ConfigDict(dict(
       data_dir=data_dir, max_images=8, shuffle_buffer=1024, num_parallel_calls=16,
+      readers=0,  # input shards of the global batch (0: one per process); fix it to resume on other process counts
       caption_branches=True, branches_see_earlier_branches=False))
   config.sources = ml_collections.ConfigDict(
       {name: dict(path=path, weight=float(weight), split="train") for name, (path, weight) in sources.items()})

@@ -21,9 +21,11 @@ import ml_collections
 from configs import common, models
 from mim_jax.train.freeze import STAGE_TRAINABLE
 
-# Spec §3: the stage-2 mixture, conversations per source.
-MIXTURE = {"platypus": 24_926, "minigpt4": 3_439, "shikra": 7_081, "llava_instruct": 157_712,
-           "multiinstruct": 105_745, "textbind": 21_629}
+# Spec §3: the stage-2 mixture: source → (its dataset under data.data_dir, conversations).
+# The names are what `python -m mim_jax.data.convert_datasets <source>` writes by default.
+MIXTURE = {"platypus": ("platypus", 24_926), "minigpt4": ("minigpt4_align", 3_439), "shikra": ("shikra", 7_081),
+           "llava_instruct": ("llava_instruct", 157_712), "multiinstruct": ("multiinstruct", 105_745),
+           "textbind": ("textbind", 21_629)}
 
 
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
@@ -38,7 +40,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   # TextBind averages ~2.5 images per conversation and most other sources 1: budget 3 per example.
   config.train = common.train(steps=15025, batch_size=64, seq_len=768, images_per_batch=192)
   config.checkpoint = common.checkpoint(every_steps=500)
-  config.data = common.data("~/tensorflow_datasets", **{name: (name, size) for name, size in MIXTURE.items()})
+  config.data = common.data("~/tensorflow_datasets", **MIXTURE)
   if arg == "tiny":
     config.optimizer.update(learning_rate=3e-3, warmup_steps=5, weight_decay=0.0)
     config.train.update(steps=40, batch_size=8, seq_len=96, images_per_batch=16, log_every=5)

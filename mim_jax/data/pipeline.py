@@ -1,17 +1,18 @@
 """The training input pipeline: TFDS datasets of TFRecords → tf.data → batches of features.
 
-Per source, the split is cut evenly across processes (each host reads a
-disjoint part), its files are shuffled and interleaved, records are shuffled in
-a buffer (seeded; reshuffled each epoch; epochs never mix) and repeated
-forever. Sources are mixed by weight. Each record then becomes the features of
-data/features.py in Python (tokenizer, chat template, caption branches, PIL
-decode and resize) inside `tf.numpy_function` on parallel threads; records
-that cannot be used are counted by reason and skipped. Examples are batched
-per process and prefetched.
+Per source, the split is cut evenly across `shard_count` readers (each reads
+a disjoint part; data/batches.py spreads the readers over the processes), its
+files are shuffled and interleaved, records are shuffled in a buffer (seeded;
+reshuffled each epoch; epochs never mix) and repeated forever. Sources are
+mixed by weight. Each record then becomes the features of data/features.py in
+Python (tokenizer, chat template, caption branches, PIL decode and resize)
+inside `tf.numpy_function` on parallel threads; records that cannot be used
+are counted by reason and skipped. Examples are batched per reader and
+prefetched.
 
-Determinism: every random choice is seeded (the seed is mixed with the process
+Determinism: every random choice is seeded (the seed is mixed with the reader
 index) and maps run with `deterministic=True`, so the stream is a function of
-(seed, process). Stage-1 instructions are drawn from the record's index in the
+(seed, reader). Stage-1 instructions are drawn from the record's index in the
 stream, so each epoch draws fresh ones, reproducibly.
 
 Resume: `save(path)` writes the iterator's state (file offsets, shuffle buffer,
@@ -85,15 +86,16 @@ def record_kind(builder: tfds.core.DatasetBuilder) -> str:
 
 
 class InputPipeline:
-  """An iterator of per-process batches (dicts of numpy arrays) over weighted sources.
+  """An iterator of one reader's batches (dicts of numpy arrays) over weighted sources.
 
+  `records` is the mixed record stream before features (for inspection).
   Arrays: tokens, targets, weights, positions, mask, valid (b, T[, T]);
   image_starts, image_valid (b, M); pixels (b, M, 224, 224, 3) uint8, zero
   where image_valid is False. `counts` holds skipped records by reason and
   truncation notes (approximate while threads run: it is for reporting)."""
 
   def __init__(self, sources: Sequence[DataSource], tokenizer: Tokenizer, features: FeatureConfig, *,
-               batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+               batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
                shuffle_buffer: int = 1024, num_parallel_calls: int = 8, image_size: int = IMAGE_SIZE):
     if not sources:
       raise ValueError("no data sources configured; add at least one under data.sources")
@@ -101,15 +103,15 @@ class InputPipeline:
     if (weights < 0).any() or weights.sum() <= 0:
       raise ValueError(f"data source weights must be >= 0 with a positive sum, got {weights.tolist()}")
     self.tokenizer, self.features, self.image_size = tokenizer, features, image_size
-    self.seed = seed * 1_000_003 + process_index  # distinct, reproducible streams per process
+    self.seed = seed * 1_000_003 + shard_index  # distinct, reproducible streams per reader
     self.counts: Counter = Counter()
     self._lock = threading.Lock()
-    streams = [self._source_stream(s, process_index, process_count, shuffle_buffer) for s in sources]
+    streams = [self._source_stream(s, shard_index, shard_count, shuffle_buffer) for s in sources]
     if len(streams) == 1:
-      mixed = streams[0]
+      self.records = streams[0]
     else:
-      mixed = tf.data.Dataset.sample_from_datasets(streams, (weights / weights.sum()).tolist(), seed=self.seed)
-    examples = mixed.enumerate().map(self._features, num_parallel_calls=num_parallel_calls, deterministic=True)
+      self.records = tf.data.Dataset.sample_from_datasets(streams, (weights / weights.sum()).tolist(), seed=self.seed)
+    examples = self.records.enumerate().map(self._features, num_parallel_calls=num_parallel_calls, deterministic=True)
     examples = examples.filter(lambda example: example["keep"])
     batched = examples.batch(batch_size, drop_remainder=True).map(self._drop_keep).prefetch(2)
     options = tf.data.Options()
@@ -119,14 +121,14 @@ class InputPipeline:
     self.dataset = batched.with_options(options)
     self._iterator = iter(self.dataset)
 
-  def _source_stream(self, source: DataSource, process_index: int, process_count: int,
+  def _source_stream(self, source: DataSource, shard_index: int, shard_count: int,
                      shuffle_buffer: int) -> tf.data.Dataset:
     builder = open_builder(source.path)
     kind = record_kind(builder)
     if source.split not in builder.info.splits:
       raise ValueError(f"dataset {builder.data_dir} has no split {source.split!r}; splits: "
                        f"{', '.join(builder.info.splits)}")
-    split = tfds.split_for_jax_process(source.split, process_index=process_index, process_count=process_count,
+    split = tfds.split_for_jax_process(source.split, process_index=shard_index, process_count=shard_count,
                                        drop_remainder=True)
     image_key = "images" if kind == "conversation" else "image"
     read_config = tfds.ReadConfig(shuffle_seed=self.seed, shuffle_reshuffle_each_iteration=True,

@@ -4,8 +4,8 @@ Items of step N (`workdir/checkpoints/N/`):
   params     the model params (restorable alone: inference, export)
   opt_state  optimizer state (trainable params only; frozen ones keep none)
   meta       JSON: step, the run config, the model config, the data position
-  input      each process's tf.data iterator state (`process_I-of-P/`), so the
-             input stream continues at the next batch without re-reading
+  input      each data reader's tf.data iterator state (`reader_R-of-N/`), so
+             the input stream continues at the next batch without re-reading
 
 Saves are async (the arrays are copied off the devices, then written while
 training continues); the input state is small and written synchronously at
@@ -28,34 +28,22 @@ ITEMS = ("params", "opt_state", "meta", "input")
 
 @dataclasses.dataclass
 class InputStateSave(ocp.args.CheckpointArgs):
-  pipeline: Any  # data.pipeline.InputPipeline
+  readers: Any  # data.batches.ReaderGroup
 
 
 @dataclasses.dataclass
 class InputStateRestore(ocp.args.CheckpointArgs):
-  pipeline: Any
-
-
-def _process_dir(directory: epath.Path) -> epath.Path:
-  return directory / f"process_{jax.process_index()}-of-{jax.process_count()}"
+  readers: Any
 
 
 class InputStateHandler(ocp.CheckpointHandler):
-  """Every process writes its own iterator state into the item directory."""
+  """Every process writes the iterator states of its own readers into the item directory."""
 
   def save(self, directory: epath.Path, args: InputStateSave) -> None:
-    target = _process_dir(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    args.pipeline.save(target / "iterator")
+    args.readers.save(directory)
 
   def restore(self, directory: epath.Path, args: InputStateRestore) -> None:
-    source = _process_dir(directory)
-    if not source.exists():
-      written = sorted(p.name for p in directory.iterdir())
-      raise ValueError(f"checkpoint {directory.parent} has input states {written}, none for this process "
-                       f"({source.name}); resume with the same number of processes, or start the data afresh "
-                       f"with --config.train.reset_data_on_resume=true")
-    args.pipeline.restore(source / "iterator")
+    args.readers.restore(directory)
 
   def metadata(self, directory: epath.Path) -> None:
     return None
@@ -75,12 +63,12 @@ def make_manager(directory: str | Path, *, keep_last: int, keep_every: int | Non
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict, pipeline=None, *,
+def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict, readers=None, *,
          force: bool = False) -> bool:
   items = {"params": ocp.args.StandardSave(state["params"]), "opt_state": ocp.args.StandardSave(state["opt_state"]),
            "meta": ocp.args.JsonSave(meta)}
-  if pipeline is not None:
-    items["input"] = InputStateSave(pipeline)
+  if readers is not None:
+    items["input"] = InputStateSave(readers)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -113,13 +101,13 @@ def _diff(a, b, path: str = "model") -> list[tuple[str, Any, Any]]:
   return [] if a == b else [(path, a, b)]
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, pipeline=None) -> tuple[dict, dict]:
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, readers=None) -> tuple[dict, dict]:
   """(state with the shardings of `abstract_state`, meta). `abstract_state`
   holds jax.ShapeDtypeStruct leaves carrying the target shardings."""
   items = {"params": ocp.args.StandardRestore(abstract_state["params"]),
            "opt_state": ocp.args.StandardRestore(abstract_state["opt_state"]), "meta": ocp.args.JsonRestore()}
-  if pipeline is not None:
-    items["input"] = InputStateRestore(pipeline)
+  if readers is not None:
+    items["input"] = InputStateRestore(readers)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   meta = restored["meta"]
   state = {"params": restored["params"], "opt_state": restored["opt_state"],

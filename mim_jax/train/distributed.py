@@ -34,6 +34,9 @@ def initialize(timeout_s: int = 300) -> None:
                   process_id=int(env["MIM_JAX_PROCESS_ID"]))
     if env.get("MIM_JAX_LOCAL_DEVICE_IDS"):
       kwargs["local_device_ids"] = [int(i) for i in env["MIM_JAX_LOCAL_DEVICE_IDS"].split(",")]
+  if env.get("JAX_PLATFORMS", "") == "cpu":
+    # CPU processes (tests, CPU clusters) need an explicit cross-process collectives backend.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError) as error:

@@ -20,14 +20,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mim_jax.config import is_mim, model_config, validate
-from mim_jax.data.batches import pack_batch, to_global
+from mim_jax.data.batches import ReaderGroup, to_global
 from mim_jax.data.features import FeatureConfig
 from mim_jax.data.pipeline import DataSource, InputPipeline
 from mim_jax.models import llama, mim
 from mim_jax.models.mim import MIMConfig
 from mim_jax.nn.sharding import create_mesh
 from mim_jax.train import checkpoint, distributed, lm_step, metrics
-from mim_jax.train.freeze import param_path, trainable_mask
+from mim_jax.train.freeze import trains_under
 from mim_jax.train.init import load_tokenizer, place, pretrained_params
 from mim_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
@@ -45,7 +45,7 @@ def model_config_dict(cfg) -> dict:
   return cfg.to_dict()
 
 
-def _pipeline(config, tokenizer, cfg) -> InputPipeline:
+def _readers(config, tokenizer, cfg) -> ReaderGroup:
   data, train = config.data, config.train
   if not data.sources:
     raise ValueError("config.data.sources is empty; add one, e.g. "
@@ -57,21 +57,27 @@ def _pipeline(config, tokenizer, cfg) -> InputPipeline:
       num_image_tokens=cfg.num_image_tokens if isinstance(cfg, MIMConfig) else 32,
       caption_branches=data.caption_branches, branches_see_earlier_branches=data.branches_see_earlier_branches,
       pad_id=tokenizer.pad_id or 0)
-  return InputPipeline(sources, tokenizer, features, batch_size=train.batch_size // jax.process_count(),
-                       seed=train.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                       shuffle_buffer=data.shuffle_buffer, num_parallel_calls=data.num_parallel_calls,
-                       image_size=cfg.vision.image_size if isinstance(cfg, MIMConfig) else 224)
+  readers = data.readers or jax.process_count()
+
+  def make_pipeline(index: int, count: int) -> InputPipeline:
+    return InputPipeline(sources, tokenizer, features, batch_size=train.batch_size // count, seed=train.seed,
+                         shard_index=index, shard_count=count, shuffle_buffer=data.shuffle_buffer,
+                         num_parallel_calls=data.num_parallel_calls,
+                         image_size=cfg.vision.image_size if isinstance(cfg, MIMConfig) else 224)
+
+  return ReaderGroup(make_pipeline, readers=readers, budget=train.images_per_batch,
+                     accum_steps=train.grad_accum_steps)
 
 
 def _check_batch_shape(config) -> None:
-  train, processes = config.train, jax.process_count()
+  train, readers = config.train, config.data.readers or jax.process_count()
   for name, value in (("batch_size", train.batch_size), ("images_per_batch", train.images_per_batch)):
-    if value % (processes * train.grad_accum_steps):
-      raise ValueError(f"train.{name} ({value}) must divide by processes × train.grad_accum_steps "
-                       f"({processes} × {train.grad_accum_steps})")
-  if train.batch_size % jax.device_count() and train.batch_size // train.grad_accum_steps % jax.device_count():
-    log.warning("train.batch_size %d does not divide over %d devices; the batch is replicated, not split",
-                train.batch_size, jax.device_count())
+    if value % (readers * train.grad_accum_steps):
+      raise ValueError(f"train.{name} ({value}) must divide by data.readers × train.grad_accum_steps "
+                       f"({readers} × {train.grad_accum_steps})")
+  if train.batch_size // train.grad_accum_steps % jax.device_count():
+    log.warning("the microbatch (%d rows) does not divide over %d devices; it is replicated, not split",
+                train.batch_size // train.grad_accum_steps, jax.device_count())
 
 
 class _Preemption:
@@ -120,27 +126,28 @@ def train(config, workdir: str | Path) -> dict:
   init_fn = mim.boxed_init_fn(cfg) if isinstance(cfg, MIMConfig) else llama.boxed_init_fn(cfg)
   model = mim.MIM(cfg) if isinstance(cfg, MIMConfig) else llama.Llama(cfg)
   shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
-  pipeline = _pipeline(config, tokenizer, cfg)
+  readers = _readers(config, tokenizer, cfg)
   manager = checkpoint.make_manager(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
                                     keep_every=config.checkpoint.keep_every or None,
                                     async_save=config.checkpoint.async_save)
   model_dict = model_config_dict(cfg)
-  state, start = _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, pipeline)
+  state, start = _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, readers)
   dropout = train_cfg.dropout and isinstance(cfg, MIMConfig)
   step_fn = lm_step.jit_train_step(
       lm_step.make_train_step(model, optimizer, trainable=trainable, accum_steps=train_cfg.grad_accum_steps,
                               dropout_seed=train_cfg.seed if dropout else None), shardings, mesh, rules)
   data_sharding = lm_step.batch_sharding(mesh, rules)
+  abstract_params = jax.eval_shape(init_fn, rng)
   flops = metrics.step_flops(cfg, batch=train_cfg.batch_size, seq_len=train_cfg.seq_len,
-                             images=train_cfg.images_per_batch, llm_trains=_trains(init_fn, rng, trainable, "llm/"),
-                             qformer_trains=_trains(init_fn, rng, trainable, "image_encoder/qformer/"))
+                             images=train_cfg.images_per_batch,
+                             llm_trains=trains_under(abstract_params, trainable, "llm/"),
+                             qformer_trains=trains_under(abstract_params, trainable, "image_encoder/qformer/"))
   logger = metrics.MetricsLogger(workdir, train_cfg.steps, flops,
                                  metrics.peak_flops(jax.devices()[0], train_cfg.peak_flops_per_device))
   schedule = learning_rate_schedule(config.optimizer, train_cfg.steps)
   history = _History(workdir / "metrics.jsonl", start)
   preemption = _Preemption()
   meta = {"config": json.loads(config.to_json()), "model_config": model_dict}
-  local_budget = train_cfg.images_per_batch // jax.process_count()
   log.info("mesh %s; %s; steps %d → %d; %.3g FLOPs/step", dict(mesh.shape), type(cfg).__name__, start,
            train_cfg.steps, flops)
 
@@ -148,8 +155,7 @@ def train(config, workdir: str | Path) -> dict:
   losses = {}
   try:
     for step in range(start, train_cfg.steps):
-      arrays, dropped = pack_batch(next(pipeline), budget=local_budget, accum_steps=train_cfg.grad_accum_steps,
-                                   process_index=jax.process_index())
+      arrays, dropped = readers.next_batch()
       if dropped:
         log.warning("step %d: %d example(s) had no room in the image budget and train on nothing; raise "
                     "train.images_per_batch", step + 1, dropped)
@@ -161,7 +167,7 @@ def train(config, workdir: str | Path) -> dict:
       if preemption.agreed():
         losses.update(_finish(pending, history, logger, schedule, window, train_cfg, state))
         pending = None
-        checkpoint.save(manager, step + 1, state, {**meta, "step": step + 1}, pipeline, force=True)
+        checkpoint.save(manager, step + 1, state, {**meta, "step": step + 1}, readers, force=True)
         history.flush()
         manager.wait_until_finished()
         log.info("SIGTERM: saved step %d to %s; exiting", step + 1, manager.directory)
@@ -169,28 +175,18 @@ def train(config, workdir: str | Path) -> dict:
       if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == train_cfg.steps:
         losses.update(_finish(pending, history, logger, schedule, window, train_cfg, state))
         pending = None
-        checkpoint.save(manager, step + 1, state, {**meta, "step": step + 1}, pipeline, force=True)
+        checkpoint.save(manager, step + 1, state, {**meta, "step": step + 1}, readers, force=True)
         history.flush()
     manager.wait_until_finished()
   finally:
     preemption.close()
     logger.close()
     manager.close()
-  log.info("data: %s", dict(pipeline.counts))
+  log.info("data: %s", readers.counts)
   return {"step": train_cfg.steps, "losses": losses}
 
 
-def _trains(init_fn, rng, trainable, prefix: str) -> bool:
-  """Whether any param under `prefix` trains (for the FLOP count)."""
-  if trainable is None:
-    return True
-  params = jax.eval_shape(init_fn, rng)
-  mask = jax.tree_util.tree_flatten_with_path(trainable_mask(params, trainable),
-                                              is_leaf=lambda x: isinstance(x, bool))[0]
-  return any(train and param_path(path).startswith(prefix) for path, train in mask)
-
-
-def _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, pipeline):
+def _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, readers):
   latest = manager.latest_step()
   if latest is not None:
     where = f"checkpoint {manager.directory}/{latest}"
@@ -198,7 +194,7 @@ def _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, sh
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(lambda r: lm_step.init_state(init_fn, optimizer, r, shardings), rng),
                             shardings)
-    data = None if config.train.reset_data_on_resume else pipeline
+    data = None if config.train.reset_data_on_resume else readers
     state, _ = checkpoint.restore(manager, latest, abstract, data)
     log.info("resumed from %s", where)
     return state, latest
