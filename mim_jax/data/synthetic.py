@@ -43,25 +43,26 @@ def draw(color: str, shape: str, background: str, size: int = 64) -> bytes:
   return buffer.getvalue()
 
 
-def _picture(rng: random.Random) -> tuple[str, str, bytes]:
+def _picture(rng: random.Random, size: int) -> tuple[str, str, bytes]:
   color, shape, background = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))
   caption = f"a {color} {shape} on a {background} background"
-  return f"{color}_{shape}_{background}.png", caption, draw(color, shape, background)
+  return f"{color}_{shape}_{background}.png", caption, draw(color, shape, background, size)
 
 
-def caption_records(count: int, seed: int):
+def caption_records(count: int, seed: int, image_size: int = 64):
   rng = random.Random(seed)
   for index in range(count):
-    _, caption, data = _picture(rng)
+    _, caption, data = _picture(rng, image_size)
     yield {"id": f"caption-{index}", "source": "synthetic", "caption": caption, "image": data}
 
 
-def conversation_records(count: int, seed: int):
+def conversation_records(count: int, seed: int, image_size: int = 64):
   """Two to four turns: the user shows a picture and asks about it, then asks
   the assistant to show one, which it does (an assistant image with its caption)."""
   rng = random.Random(seed)
   for index in range(count):
-    (shown, shown_caption, shown_data), (made, made_caption, made_data) = _picture(rng), _picture(rng)
+    (shown, shown_caption, shown_data), (made, made_caption, made_data) = (_picture(rng, image_size),
+                                                                           _picture(rng, image_size))
     if made == shown:
       made = f"other_{made}"
     turns = [Turn("user", "What is in this picture? <image>", image_list=(shown,)),
@@ -75,16 +76,19 @@ def conversation_records(count: int, seed: int):
                                      source="synthetic")
 
 
-def write_synthetic(out: str | Path, *, captions: int = 256, conversations: int = 256, seed: int = 0) -> dict:
-  """Writes both datasets (train split; a few valid examples too) and returns their paths."""
+def write_synthetic(out: str | Path, *, captions: int = 256, conversations: int = 256, seed: int = 0,
+                    image_size: int = 64) -> dict:
+  """Writes both datasets (train split; a few valid examples too) and returns their paths.
+  `image_size` 512 makes images the size data_gen writes (what the input pipeline decodes in real runs)."""
   out = Path(out)
   return {
       "captions": write_dataset(out, "synthetic_captions", "caption",
-                                {"train": caption_records(captions, seed), "valid": caption_records(8, seed + 1)},
+                                {"train": caption_records(captions, seed, image_size),
+                                 "valid": caption_records(8, seed + 1, image_size)},
                                 num_shards=4, overwrite=True, progress=False),
       "conversations": write_dataset(out, "synthetic_conversations", "conversation",
-                                     {"train": conversation_records(conversations, seed),
-                                      "valid": conversation_records(8, seed + 1)},
+                                     {"train": conversation_records(conversations, seed, image_size),
+                                      "valid": conversation_records(8, seed + 1, image_size)},
                                      num_shards=4, overwrite=True, progress=False),
   }
 
@@ -95,9 +99,10 @@ def main(argv=None) -> None:
   parser.add_argument("--captions", type=int, default=256)
   parser.add_argument("--conversations", type=int, default=256)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--image-size", type=int, default=64, help="side of the drawn images (data_gen writes 512)")
   args = parser.parse_args(argv)
   for name, path in write_synthetic(args.out, captions=args.captions, conversations=args.conversations,
-                                    seed=args.seed).items():
+                                    seed=args.seed, image_size=args.image_size).items():
     print(f"{name}: {path}")
 
 

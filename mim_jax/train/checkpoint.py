@@ -60,7 +60,9 @@ def make_manager(directory: str | Path, *, keep_last: int, keep_every: int | Non
   directory = epath.Path(directory)
   if not str(directory).startswith(("gs://", "s3://")):
     directory = directory.absolute()  # orbax wants absolute paths
-  return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+  handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler(), "input": InputStateHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict, readers=None, *,
@@ -116,13 +118,16 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, rea
   return state, meta
 
 
-def restore_params(directory: str | Path, step: int | None = None, abstract_params=None) -> tuple[Any, dict]:
-  """Params only (and meta) from a run's checkpoints, for inference and export.
-  Without `abstract_params` the arrays come back as saved, on the default device."""
+def restore_params(directory: str | Path, step: int | None = None) -> tuple[Any, dict]:
+  """Params only (whole, on one local device) and meta, for inference and
+  export: any machine can read them, whatever mesh wrote them."""
   manager = make_manager(directory, keep_last=1, keep_every=None, async_save=False)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}; train first or point at workdir/checkpoints")
-  args = ocp.args.StandardRestore(abstract_params) if abstract_params is not None else ocp.args.StandardRestore()
-  restored = manager.restore(step, args=ocp.args.Composite(params=args, meta=ocp.args.JsonRestore()))
+    raise FileNotFoundError(f"no checkpoint in {directory}; train first, or point at a run's workdir")
+  structure = manager.item_metadata(step)["params"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), structure)
+  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target),
+                                                           meta=ocp.args.JsonRestore()))
   return restored["params"], restored["meta"]
