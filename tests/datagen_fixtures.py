@@ -66,3 +66,17 @@ def http_server(routes: dict[str, tuple[int, bytes]], *, slow_s: float = 0.0):
   finally:
     server.shutdown()
     server.server_close()
+
+
+def ingested_work(root, pairs: int = 40):
+  """A work dir with `pairs` synthetic pairs ingested and all of them in one
+  cluster (what embed + cluster would give with --num-clusters 1)."""
+  from data_gen.download import Fetcher
+  from data_gen.ingest import ingest
+  from data_gen.shards import atomic_write_json
+  from data_gen.sources import open_source
+  from data_gen.workdir import WorkDir
+  work = WorkDir(root)
+  ingest(open_source(f"synthetic:{pairs}"), work, fetcher=Fetcher(), shard_size=16)
+  atomic_write_json(work.clusters, {"clusters": {"0": [pair["id"] for pair in work.read_pairs()]}})
+  return work
