@@ -10,7 +10,9 @@ the ones kept into the released format.
 
 `images` is the conversation's image tuple in prompt order: a sequence of
 (file, caption, url), so `<imgX>` is images[X]. A dialogue is rejected under
-the FIRST rule it breaks, in the spec's order (keys of RULES). Rule 4 needs
+the FIRST rule it breaks, in the spec's order (keys of RULES). A dialogue
+that passes them all can still fail the released format's own checks (a
+literal "<image>" in the reply: reason "image_count", from conversation.py). Rule 4 needs
 every earlier response: pass the same `seen` set (or one Cleaner) to all
 calls; across Beam shards, dedupe the kept outcomes' fingerprints afterwards.
 
@@ -86,7 +88,7 @@ def clean_generation(text: str, images: Sequence[ImageRef], *, name: str = "conv
   texts = [_drop_unpaired_tags(turn.text) for turn in turns]
   for turn_text in texts:
     for index, caption in PAIRED_TAG.findall(turn_text):
-      original = images[int(index)][1]
+      original = images[int(index)][1].strip()
       limit = int(max_caption_distance * len(original))
       distance = levenshtein(caption.strip(), original, limit)
       if distance > limit:
@@ -95,7 +97,7 @@ def clean_generation(text: str, images: Sequence[ImageRef], *, name: str = "conv
   try:
     return Conversation(tuple(_to_turn(turn.marker, turn_text, images) for turn, turn_text in zip(turns, texts)),
                         name=name)
-  except ConversationError as error:  # cannot happen for a dialogue that passed the rules; kept as a guard
+  except ConversationError as error:  # the released format's own checks, e.g. a literal "<image>" in the reply
     return reject(error.reason, str(error))
 
 

@@ -22,6 +22,9 @@ clean.response_fingerprint.
 
 At most client.config.concurrency requests are in flight; each prompt is
 built just before its request, so a shard is never held as prompts in memory.
+A call keeps min(concurrency, tuples left) requests busy and ends with its
+slowest request, so give each call many times more tuples than concurrency
+(per-call tail latency is otherwise paid once per shard).
 """
 from __future__ import annotations
 

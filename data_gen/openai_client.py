@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import time
+import urllib.parse
 
 import aiohttp
 
@@ -61,9 +62,15 @@ class OpenAIChatClient:
       if not self._key:
         raise ValueError(f"environment variable {config.api_key_env} is empty or unset; export the API key there, "
                          f"or set llm.api_key_env='' for an endpoint without authentication")
+    if not _is_http_url(config.base_url):
+      raise ValueError(f"llm base_url {config.base_url!r} is not an http(s) URL; give the API root, e.g. "
+                       f"https://api.openai.com/v1 or http://localhost:8000/v1 for a local vLLM")
     self.url = config.base_url.rstrip("/") + "/chat/completions"
     self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute, burst_s=config.rate_burst_s,
                                state_file=config.rate_state_file)
+    if self.limiter.token_capacity is not None and config.max_tokens > self.limiter.token_capacity:
+      raise ValueError(f"max_tokens={config.max_tokens} exceeds the {self.limiter.token_capacity:.0f} tokens the "
+                       f"tokens/minute bucket holds; raise tokens_per_minute or rate_burst_s, or lower max_tokens")
     self._rng = rng or random.Random()
     self._session: aiohttp.ClientSession | None = None
     self._slots: asyncio.Semaphore | None = None
@@ -94,6 +101,9 @@ class OpenAIChatClient:
     body = {"model": config.model, "messages": [{"role": "user", "content": request.prompt}],
             "temperature": config.temperature, "top_p": config.top_p, config.max_tokens_field: config.max_tokens}
     reserved = len(request.prompt) / CHARS_PER_TOKEN + config.max_tokens
+    if self.limiter.token_capacity is not None:
+      # A prompt too long for the bucket waits for a full bucket instead of failing.
+      reserved = min(reserved, self.limiter.token_capacity)
     for attempt in range(1, config.max_attempts + 1):
       await self.limiter.acquire(reserved)
       try:
@@ -155,6 +165,15 @@ class OpenAIChatClient:
 
   def _scrub(self, text: str) -> str:
     return text.replace(self._key, "[api key]") if self._key else text
+
+
+def _is_http_url(url: str) -> bool:
+  try:
+    parts = urllib.parse.urlsplit(url)
+    parts.port  # raises on a port out of range
+  except ValueError:
+    return False
+  return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _retry_after_s(headers) -> float | None:

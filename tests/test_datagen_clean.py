@@ -129,3 +129,8 @@ def test_banded_levenshtein_matches_the_full_table_up_to_the_limit():
     limit = rng.randint(0, 5)
     exact = _full_levenshtein(a, b)
     assert levenshtein(a, b, limit) == (exact if exact <= limit else limit + 1), (a, b, limit)
+
+
+def test_a_literal_image_placeholder_in_the_reply_is_rejected_not_miscounted():
+  result = clean_generation(VALID.replace("Great idea", "Great <image> idea"), IMAGES)
+  assert isinstance(result, Rejection) and result.reason == "image_count", result

@@ -181,3 +181,13 @@ def test_split_across_workers():
   assert (share.requests_per_minute, share.tokens_per_minute, share.concurrency) == (150, 22_500, 8)
   with pytest.raises(ValueError, match="unknown llm config keys"):
     make_client({"backend": "template", "temprature": 0.7})
+
+
+def test_configuration_mistakes_fail_clearly():
+  with pytest.raises(ValueError, match="max_tokens=2048 exceeds"):
+    make_client(LLMConfig(api_key_env="", tokens_per_minute=1000))
+  with pytest.raises(ValueError, match="backend"):
+    LLMConfig(backend="gpt")
+  for url in ("localhost:8000/v1", "http://[::1/v1", "http://localhost:99999/v1"):
+    with pytest.raises(ValueError, match="not an http"):
+      make_client(LLMConfig(base_url=url, api_key_env=""))
