@@ -13,14 +13,14 @@ import argparse
 import sys
 
 from data_gen.report import summary_table
-from data_gen.steps import ANNOTATION_STEPS, OPTIONS, STEPS
+from data_gen.steps import TOOLS, OPTIONS, STEPS
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m data_gen", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="step", metavar="step", required=True)
-  for step in STEPS + ANNOTATION_STEPS:
+  for step in STEPS + TOOLS:
     _add_options(commands.add_parser(step.name, help=step.help), step.options)
   every = dict.fromkeys(option for step in STEPS for option in step.options)
   _add_options(commands.add_parser("run", help="every step in order: " + " → ".join(s.name for s in STEPS)), every)
@@ -34,12 +34,12 @@ def _add_options(parser: argparse.ArgumentParser, names) -> None:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  steps = STEPS if args.step == "run" else [s for s in STEPS + ANNOTATION_STEPS if s.name == args.step]
+  steps = STEPS if args.step == "run" else [s for s in STEPS + TOOLS if s.name == args.step]
   args.work.mkdir(parents=True, exist_ok=True)
   for step in steps:
     try:
       tally, notes = step.run(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ImportError, ValueError) as error:
       print(f"data_gen {step.name}: {error}", file=sys.stderr)
       return 2
     print(summary_table(step.name, tally, notes=notes), flush=True)

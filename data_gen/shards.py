@@ -58,10 +58,10 @@ def tally_path(shard: Path) -> Path:
   return shard.with_name(shard.name + ".tally.json")
 
 
-def write_shard(shard: Path, text: str, tally: Tally) -> None:
+def write_shard(shard: Path, data: str | bytes, tally: Tally) -> None:
   """Tally first, output last: the output's existence marks the shard done."""
   atomic_write_json(tally_path(shard), tally.to_json())
-  atomic_write_text(shard, text)
+  atomic_write_bytes(shard, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def read_tally(shard: Path) -> Tally:

@@ -39,6 +39,15 @@ OPTIONS = {
     "--per-host": dict(type=int, default=4, help="concurrent downloads from one host"),
     "--timeout": dict(type=float, default=10.0, help="seconds per HTTP attempt"),
     "--retries": dict(type=int, default=2, help="extra attempts after a timeout, connection error, 429 or 5xx"),
+    # embed
+    "--clip": dict(default="tiny", help="a HF CLIPModel directory (e.g. openai/clip-vit-large-patch14 saved "
+                                        "locally), or 'tiny': a random tiny CLIP made in WORK/tiny_clip for smoke "
+                                        "runs, whose scores mean nothing, so the score filter is off"),
+    "--min-score": dict(type=float, default=30.0, help="keep pairs with 100 × cosine at least this (spec: 30)"),
+    "--clip-batch-size": dict(type=int, default=64),
+    # cluster
+    "--num-clusters": dict(type=int, default=4096, help="k-means k (spec: 4096); lowered to fit small runs"),
+    "--min-cluster-size": dict(type=int, default=32, help="clusters smaller than this are never sampled (spec: 32)"),
     # sample
     "--num-conversations": dict(type=int, default=100, help="image tuples to draw in this round"),
     "--round": dict(type=int, default=0, help="sampling/generation round; later rounds never reuse a tuple"),
@@ -50,6 +59,10 @@ OPTIONS = {
     "--tuples-per-shard": dict(type=int, default=64),
     # export
     "--no-tfds": dict(action="store_true", help="write the JSON files only"),
+    # beam
+    "--beam-arg": dict(action="append", default=[], metavar="--OPTION=VALUE",
+                       help="a Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner (default: DirectRunner)"),
+    "--llm-workers": dict(type=int, default=1, help="how many generate workers share the LLM quota (Beam)"),
     # annotate
     "--csv": dict(type=Path, help="annotation CSV (default: WORK/annotation/round-NNN.csv)"),
     "--out-pool": dict(type=Path, help="where annotate-import writes the next pool version"),
@@ -74,6 +87,57 @@ def ingest(args) -> tuple[Tally, dict]:
   return ingest_source(source, WorkDir(args.work), fetcher=Fetcher(options), shard_size=args.pairs_per_shard)
 
 
+def _clip(args, work: WorkDir) -> tuple[Path, float]:
+  """The CLIP directory and min score: a random tiny CLIP scores nothing
+  meaningful, so with it the filter is off."""
+  import math
+
+  from data_gen.tiny_clip import save_tiny_clip
+  if args.clip == "tiny":
+    directory = work.root / "tiny_clip"
+    if not (directory / "config.json").exists():
+      save_tiny_clip(directory)
+    return directory, -math.inf
+  directory = Path(args.clip)
+  if not (directory / "config.json").is_file():
+    raise FileNotFoundError(f"--clip {directory} has no config.json; pass a HF CLIPModel directory or 'tiny'")
+  return directory, args.min_score
+
+
+def embed(args) -> tuple[Tally, dict]:
+  from data_gen.embed import ClipScorer
+  from data_gen.embed_step import embed_step
+  work = WorkDir(args.work)
+  directory, min_score = _clip(args, work)
+  return embed_step(work, lambda: ClipScorer.from_pretrained(directory, batch_size=args.clip_batch_size,
+                                                             min_score=min_score), min_score=min_score)
+
+
+def cluster(args) -> tuple[Tally, dict]:
+  from data_gen.cluster_step import cluster_step
+  return cluster_step(WorkDir(args.work), num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
+                      seed=args.seed)
+
+
+def beam(args) -> tuple[Tally, dict]:
+  from data_gen import beam_pipeline
+  from data_gen.generate_step import conversation_shards, read_generated, tally_records
+  work = WorkDir(args.work)
+  clip_dir, min_score = _clip(args, work)
+  beam_pipeline.run(
+      work, args.beam_arg, clip_dir=str(clip_dir), min_score=min_score, clip_batch_size=args.clip_batch_size,
+      num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
+      num_conversations=args.num_conversations, seed=args.seed,
+      llm_config=dataclasses.asdict(llm_config(args)), llm_workers=args.llm_workers,
+      pool_path=str(args.fewshot_pool or _seed_pool()), tuples_per_shard=args.tuples_per_shard)
+  return tally_records(read_generated(work)), {"shards written": len(conversation_shards(work))}
+
+
+def make_tiny_clip(args) -> tuple[Tally, dict]:
+  from data_gen.tiny_clip import save_tiny_clip
+  return Tally(kept=1), {f"random tiny CLIP saved to {save_tiny_clip(args.work / 'tiny_clip')}": 1}
+
+
 def sample(args) -> tuple[Tally, dict]:
   from data_gen.sample import sample_step
   return sample_step(WorkDir(args.work), count=args.num_conversations, round_index=args.round, seed=args.seed)
@@ -88,9 +152,14 @@ def llm_config(args):
   return LLMConfig.from_mapping(values)
 
 
+def _seed_pool() -> Path:
+  from data_gen.fewshot import SEED_POOL
+  return SEED_POOL
+
+
 def load_pool(args):
-  from data_gen.fewshot import SEED_POOL, load_pool as load
-  return load(args.fewshot_pool or SEED_POOL)
+  from data_gen.fewshot import load_pool as load
+  return load(args.fewshot_pool or _seed_pool())
 
 
 def generate(args) -> tuple[Tally, dict]:
@@ -152,6 +221,10 @@ STEPS = (
     Step("ingest", "source → pair shards and 512×512 padded PNGs",
          ("--work", "--seed", "--source", "--tsv-columns", "--pairs-per-shard", "--download-workers", "--per-host",
           "--timeout", "--retries"), ingest),
+    Step("embed", "CLIP score filter + image embeddings",
+         ("--work", "--clip", "--min-score", "--clip-batch-size"), embed),
+    Step("cluster", "k-means over the embeddings; clusters big enough to sample from",
+         ("--work", "--seed", "--num-clusters", "--min-cluster-size"), cluster),
     Step("sample", "clusters → a round of 2–3 image tuples", ("--work", "--seed", "--num-conversations", "--round"),
          sample),
     Step("generate", "image tuples → LLM → cleaned conversations (resumable)",
@@ -159,7 +232,13 @@ STEPS = (
     Step("export", "conversations → released JSON splits + TFDS", ("--work", "--no-tfds"), export),
     Step("stats", "turns, images by role, words, diversity", ("--work",), stats),
 )
-ANNOTATION_STEPS = (
+TOOLS = (
+    Step("beam", "embed → cluster/sample → generate → clean → write as an Apache Beam pipeline (round 0)",
+         ("--work", "--seed", "--clip", "--min-score", "--clip-batch-size", "--num-clusters", "--min-cluster-size",
+          "--num-conversations", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard", "--beam-arg",
+          "--llm-workers"), beam),
+    Step("make-tiny-clip", "save a random tiny CLIP to WORK/tiny_clip (what embed --clip tiny uses)", ("--work",),
+         make_tiny_clip),
     Step("annotate-export", "a round's kept conversations → rating CSV", ("--work", "--round", "--csv"),
          annotate_export),
     Step("annotate-import", "a filled rating CSV → the next few-shot pool version",

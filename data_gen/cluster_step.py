@@ -1,0 +1,51 @@
+"""Step `cluster`: every kept pair's image embedding → k-means clusters;
+clusters with fewer than `min_cluster_size` images are dropped (spec §1).
+
+Writes WORK/clusters.json:
+    {"num_clusters": k, "min_cluster_size": m, "seed": s, "clusters": {"<cluster>": [pair id, …], …}}
+holding the kept clusters only. k is lowered to embeddings // min_cluster_size
+(at least 1) when there are too few embeddings for k clusters of that size,
+and the summary says so. The file is rewritten only when missing.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from data_gen.cluster import keep_clusters, kmeans
+from data_gen.embed_step import read_embeddings
+from data_gen.report import Tally
+from data_gen.shards import atomic_write_json
+from data_gen.workdir import WorkDir
+
+
+def cluster_embeddings(ids: list[str], embeddings_nd: np.ndarray, *, num_clusters: int, min_cluster_size: int,
+                       seed: int) -> tuple[dict, dict]:
+  """(the clusters.json record, notes); ids must be in pair order."""
+  if num_clusters < 1 or min_cluster_size < 1:
+    raise ValueError(f"--num-clusters ({num_clusters}) and --min-cluster-size ({min_cluster_size}) must be positive")
+  k = max(1, min(num_clusters, len(ids) // min_cluster_size))
+  _, assignment_n = kmeans(embeddings_nd, k, seed=seed)
+  kept = keep_clusters(assignment_n, min_size=min_cluster_size)
+  clusters = {str(cluster): [ids[i] for i in sorted(members)] for cluster, members in sorted(kept.items())}
+  notes = {"clusters": k, f"clusters with {min_cluster_size}+ images": len(clusters),
+           "images in them": sum(map(len, clusters.values()))}
+  if k != num_clusters:
+    notes[f"k lowered from {num_clusters} ({len(ids)} embeddings)"] = k
+  record = {"num_clusters": k, "min_cluster_size": min_cluster_size, "seed": seed, "clusters": clusters}
+  return record, notes
+
+
+def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, seed: int) -> tuple[Tally, dict]:
+  if work.clusters.exists():
+    record = json.loads(work.clusters.read_text(encoding="utf-8"))
+    return Tally(kept=sum(map(len, record["clusters"].values()))), {"clustered before this run": 1}
+  ids, embeddings = read_embeddings(work)
+  record, notes = cluster_embeddings(ids, embeddings, num_clusters=num_clusters, min_cluster_size=min_cluster_size,
+                                     seed=seed)
+  atomic_write_json(work.clusters, record)
+  tally = Tally(kept=notes["images in them"])
+  if len(ids) > tally.kept:
+    tally.skip("cluster_too_small", f"{len(ids) - tally.kept} images sit in clusters under {min_cluster_size}")
+  return tally, notes
