@@ -10,6 +10,12 @@ cleaning rules, for concurrency × rounds image tuples. The endpoint runs in a
 separate process, so "CPU / conversation" is this process's CPU (user + system)
 only. Its replies are dialogues over the prompt's captions that pass cleaning,
 the size of a real reply. Targets: ≥ 95 % of ideal, ≤ 2 ms CPU / conversation.
+
+Two more columns tell where a shortfall comes from: "mean request latency"
+is what the client saw per request (the endpoint's latency plus queueing in
+either process, which grows when the machine's cores are busy), and "slots
+busy" is the share of concurrency × wall during which a request was in
+flight (100 % = the pipeline never left a slot idle between requests).
 """
 from __future__ import annotations
 
@@ -73,6 +79,16 @@ def bench(port: int, concurrency: int, rounds: int, latency_s: float) -> dict:
   client = make_client(LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="fake", api_key_env="",
                                  concurrency=concurrency))
   pool = load_pool()
+  latencies = []
+  complete = client.complete
+
+  async def timed_complete(request):
+    start = time.perf_counter()
+    reply = await complete(request)
+    latencies.append(time.perf_counter() - start)
+    return reply
+
+  client.complete = timed_complete
   cpu0, wall0 = cpu_seconds(), time.perf_counter()
   outcomes = generate_conversations(tuples, pool, client, seed=0)
   wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
@@ -80,7 +96,8 @@ def bench(port: int, concurrency: int, rounds: int, latency_s: float) -> dict:
   if kept != count:
     raise RuntimeError(f"only {kept} of {count} conversations were kept; the benchmark's replies should all pass")
   rate, ideal = count / wall, concurrency / latency_s
-  return dict(concurrency=concurrency, count=count, wall=wall, rate=rate, ideal=ideal, cpu_ms=cpu / count * 1e3)
+  return dict(concurrency=concurrency, count=count, wall=wall, rate=rate, ideal=ideal, cpu_ms=cpu / count * 1e3,
+              latency=sum(latencies) / count, busy=sum(latencies) / (concurrency * wall))
 
 
 def main() -> None:
@@ -105,11 +122,11 @@ def main() -> None:
   print(f"\nfake endpoint latency {args.latency:g} s, {args.rounds} rounds per slot, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f}")
   print(row("concurrency", "conversations", "wall", "conversations/s", "ideal (concurrency ÷ latency)",
-            "of ideal", "CPU / conversation"))
-  print(row(*["---"] * 7))
+            "of ideal", "CPU / conversation", "mean request latency", "slots busy"))
+  print(row(*["---"] * 9))
   for r in results:
     print(row(r["concurrency"], r["count"], f"{r['wall']:.2f} s", f"{r['rate']:.1f}", f"{r['ideal']:.1f}",
-              f"{r['rate'] / r['ideal']:.1%}", f"{r['cpu_ms']:.2f} ms"))
+              f"{r['rate'] / r['ideal']:.1%}", f"{r['cpu_ms']:.2f} ms", f"{r['latency']:.3f} s", f"{r['busy']:.1%}"))
 
 
 if __name__ == "__main__":

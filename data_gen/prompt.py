@@ -59,7 +59,7 @@ Now write the conversation for the images listed at the top. Rules:
 - It makes sense on its own, without these instructions.
 - Every image is written with the same tag notation as above, and its description is copied exactly, \
 word for word.
-- Each line starts with "Human:" or "Assistant:".
+- Each turn starts on a new line with "Human:" or "Assistant:".
 - It may stop without a closing remark or goodbye."""
 
 REMINDER = """\
