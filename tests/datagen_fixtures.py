@@ -38,14 +38,22 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
 @contextlib.contextmanager
 def http_server(routes: dict[str, tuple[int, bytes]], *, slow_s: float = 0.0):
   """Serves `routes` (path → (status, body)) on 127.0.0.1; a path starting
-  /slow sleeps `slow_s` first. Yields the base URL and a per-path hit count."""
-  hits: dict[str, int] = {}
+  /slow sleeps `slow_s` first. Yields the base URL and a per-path hit count
+  (key "max in flight": the most requests served at once)."""
+  hits: dict[str, int] = {"max in flight": 0}
+  in_flight = [0]
+  lock = threading.Lock()
 
   class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 — the name http.server calls
-      hits[self.path] = hits.get(self.path, 0) + 1
+      with lock:
+        hits[self.path] = hits.get(self.path, 0) + 1
+        in_flight[0] += 1
+        hits["max in flight"] = max(hits["max in flight"], in_flight[0])
       if self.path.startswith("/slow"):
         time.sleep(slow_s)
+      with lock:
+        in_flight[0] -= 1
       status, body = routes.get(self.path, (404, b"not found"))
       try:
         self.send_response(status)

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from data_gen.download import Fetcher, FetchOptions
+from data_gen.download import Fetcher, FetchOptions, map_concurrently
 from data_gen.ingest import ingest
 from data_gen.padded_png import padded_png
 from data_gen.report import Skip
@@ -76,6 +76,17 @@ def test_tsv_ingest_counts_every_failure_and_keeps_the_rest(tmp_path):
   assert [(p["id"], p["caption"]) for p in pairs] == [("p000000000", "a red box"), ("p000000001", "a tall red box")]
   assert Image.open(work.images / pairs[1]["image"]).size == (512, 512)
   assert len(work.pair_shards()) == 3  # 11 rows in shards of 4
+
+
+def test_downloads_respect_the_per_host_limit(tmp_path):
+  image = encoded("PNG")
+  routes = {f"/slow/{i}.png": (200, image) for i in range(8)}
+  with http_server(routes, slow_s=0.2) as (base, hits):
+    fetcher = Fetcher(FetchOptions(timeout_s=5, workers=8, per_host=2))
+    pairs = [RawPair(i, "c", f"{base}/slow/{i}.png") for i in range(8)]
+    results = list(map_concurrently(fetcher.image_bytes, pairs, workers=8))
+  assert results == [image] * 8
+  assert hits["max in flight"] == 2
 
 
 def test_ingest_rerun_skips_finished_shards_and_keeps_their_counts(tmp_path):
