@@ -78,10 +78,13 @@ class LLMConfig:
 
   def split_across(self, num_workers: int) -> "LLMConfig":
     """This worker's share when `num_workers` workers on different machines
-    draw from one quota (see rate_limit.py for why a split)."""
+    draw from one quota (see rate_limit.py for why a split). With a
+    rate_state_file the workers already draw from one shared bucket, so only
+    concurrency is split."""
     if num_workers < 1:
       raise ValueError(f"num_workers is {num_workers}; it must be at least 1")
-    share = lambda limit: None if limit is None else limit / num_workers
+    divisor = 1 if self.rate_state_file else num_workers
+    share = lambda limit: None if limit is None else limit / divisor
     return dataclasses.replace(self, requests_per_minute=share(self.requests_per_minute),
                                tokens_per_minute=share(self.tokens_per_minute),
                                concurrency=max(1, self.concurrency // num_workers))

@@ -179,6 +179,8 @@ def test_limiters_sharing_a_state_file_share_one_quota(tmp_path):
 def test_split_across_workers():
   share = LLMConfig(requests_per_minute=600, tokens_per_minute=90_000, concurrency=32).split_across(4)
   assert (share.requests_per_minute, share.tokens_per_minute, share.concurrency) == (150, 22_500, 8)
+  shared = LLMConfig(requests_per_minute=600, concurrency=32, rate_state_file="/tmp/q.json").split_across(4)
+  assert (shared.requests_per_minute, shared.concurrency) == (600, 8)  # the file already shares the quota
   with pytest.raises(ValueError, match="unknown llm config keys"):
     make_client({"backend": "template", "temprature": 0.7})
 
