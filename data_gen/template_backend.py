@@ -4,7 +4,8 @@ It writes a dialogue by filling fixed sentence templates with the request's
 captions, choosing among a few phrasings with an rng seeded by the request
 id (so a run is reproducible). The dialogues have the generator's format
 (`Human:` / `Assistant:` lines, `<imgX> caption </imgX>` tags with the
-captions copied unchanged, images shown once, 4–5 turns) and pass cleaning,
+captions copied unchanged, images shown once, 4–5 turns; it uses the first
+three images, as the sampler draws 2 or 3) and pass cleaning,
 which is all they are for: running the pipeline end to end offline (CI,
 smoke runs, benchmarks of everything but the model). They carry no world
 knowledge and no real reasoning about the images; never train on them.
