@@ -82,7 +82,8 @@ def import_ratings(csv_path: str | os.PathLike, pool: Pool) -> ImportReport:
   csv_path = Path(csv_path)
   known_ids = {e.id for e in pool.examples}
   examples, report = [], ImportReport(pool)
-  with csv_path.open(newline="", encoding="utf-8") as handle:
+  # utf-8-sig: spreadsheet programs often save the CSV with a byte-order mark.
+  with csv_path.open(newline="", encoding="utf-8-sig") as handle:
     reader = csv.DictReader(handle)
     missing = [f for f in CSV_FIELDS if f not in (reader.fieldnames or [])]
     if missing:
@@ -113,7 +114,8 @@ def _example_from_row(row: dict, where: str, known_ids: set[str]) -> Example:
   rating_text = (row["rating"] or "").strip().lower()
   if not rating_text:
     raise RowError("unrated", f"{where}: no rating yet")
-  rating = RATING_WORDS.get(rating_text, 0)
+  # Spreadsheets may turn 2 into "2.0".
+  rating = RATING_WORDS.get(rating_text.removesuffix(".0"), 0)
   categories = tuple(c.strip().lower() for c in re.split(r"[;,]", row["categories"] or "") if c.strip())
   if rating > 0 and not categories:
     raise RowError("no_categories", f"{where}: rated {rating} but no categories; give at least one, e.g. 'travel'")

@@ -22,7 +22,7 @@ def _exported(tmp_path, count=8):
 
 
 def _write(path, rows):
-  with path.open("w", newline="") as handle:
+  with path.open("w", newline="", encoding="utf-8-sig") as handle:  # with a BOM, as spreadsheets save
     writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
@@ -35,7 +35,7 @@ def test_export_import_round_trip(tmp_path):
   fills = [
       dict(rating="very good", categories="Seaside; food"),  # → 2
       dict(rating="good", categories="harbours", crop_start="3", crop_end="5"),  # → 1, turns 3–5 only
-      dict(rating="2", categories="travel"),
+      dict(rating="2.0", categories="travel"),  # as a spreadsheet saves 2
       dict(rating="meh", categories=""),  # → 0, kept for the record
       dict(rating=""),  # not rated yet
       dict(rating="good", crop_start="2", categories="x"),  # starts at an Assistant turn
