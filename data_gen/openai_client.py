@@ -54,7 +54,7 @@ class _Final(Exception):
 
 class OpenAIChatClient:
 
-  def __init__(self, config: LLMConfig, *, rng: random.Random | None = None):
+  def __init__(self, config: LLMConfig):
     self.config = config
     self._key = ""
     if config.api_key_env:
@@ -71,7 +71,7 @@ class OpenAIChatClient:
     if self.limiter.token_capacity is not None and config.max_tokens > self.limiter.token_capacity:
       raise ValueError(f"max_tokens={config.max_tokens} exceeds the {self.limiter.token_capacity:.0f} tokens the "
                        f"tokens/minute bucket holds; raise tokens_per_minute or rate_burst_s, or lower max_tokens")
-    self._rng = rng or random.Random()
+    self._rng = random.Random()  # unseeded: workers retrying in lockstep is what jitter avoids
     self._session: aiohttp.ClientSession | None = None
     self._slots: asyncio.Semaphore | None = None
 
@@ -145,7 +145,8 @@ class OpenAIChatClient:
       text = choice["message"]["content"]
       finish_reason = choice.get("finish_reason") or ""
       usage = reply.get("usage") or {}
-    except (ValueError, KeyError, IndexError, TypeError) as error:
+      tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
       raise _Retryable(f"reply is not chat-completions JSON ({type(error).__name__}: {error}): "
                        f"{payload[:80].decode('utf-8', 'replace')!r}") from None
     if finish_reason == "length":
@@ -154,8 +155,7 @@ class OpenAIChatClient:
       raise _Final("llm_content_filter", "the endpoint's content filter stopped the reply")
     if not isinstance(text, str) or not text.strip():
       raise _Retryable("reply has no text")
-    return Completion(text, finish_reason, attempt, int(usage.get("prompt_tokens") or 0),
-                      int(usage.get("completion_tokens") or 0))
+    return Completion(text, finish_reason, attempt, *tokens)
 
   def _delay_s(self, attempt: int, retry_after_s: float | None) -> float:
     if retry_after_s is not None:

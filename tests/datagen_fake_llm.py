@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from data_gen.dialogue import PAIRED_TAG
 from data_gen.prompt import IMAGES_HEADER
 
-FAULTS = ("429", "500", "503", "timeout", "bad_json", "cut", "length", "echo_401")
+FAULTS = ("429", "500", "503", "timeout", "bad_json", "no_choices", "cut", "length", "echo_401")
 REQUEST_KEY = re.compile(r"\breq-\d+\b")
 
 
@@ -68,6 +68,8 @@ class FakeChatEndpoint:
                               "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": 50}}).encode()
         if fault == "bad_json":
           return self._send(200, payload[:len(payload) // 2])
+        if fault == "no_choices":
+          return self._send(200, b'{"choices": []}')
         if fault == "cut":
           # Promise the whole body, send a part, hang up.
           self.send_response(200)

@@ -28,7 +28,10 @@ REJECTION_OF = {"length": "llm_cut_by_max_tokens", "503": "llm_retries_exhausted
 
 
 def flaky(key, attempt):
-  fault = FAULT_OF.get(int(key.removeprefix("req-")) % 20)
+  number = int(key.removeprefix("req-"))
+  fault = FAULT_OF.get(number % 20)
+  if fault == "bad_json" and number % 40 >= 20:
+    fault = "no_choices"  # valid JSON, wrong shape
   if fault == "500":
     return fault if attempt <= 2 else None
   if fault in ("length", "503"):
