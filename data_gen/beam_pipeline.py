@@ -45,6 +45,7 @@ except ImportError as error:
       "--target ~/beam_site apache-beam==2.77.0 <its missing deps>` and run with PYTHONPATH=~/beam_site "
       "(README, 'Scaling out with Beam'); the local steps (`python -m data_gen run`) need none of it.") from error
 
+from data_gen.cluster import save_clusters
 from data_gen.cluster_step import cluster_embeddings
 from data_gen.generate_step import outcome_record, tally_records, tuple_images
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
@@ -78,13 +79,14 @@ class EmbedShard(beam.DoFn):
 
 def cluster_and_sample(embedded: list, work_root: str, *, num_clusters: int, min_cluster_size: int, seed: int,
                        count: int) -> list[dict]:
-  """Every (id, embedding) → clusters.json and round 0's tuples, as the local
+  """Every (id, embedding) → kmeans.npz, clusters.json and round 0's tuples, as the local
   cluster and sample steps compute them (pair order, the same seed)."""
   work = WorkDir(work_root)
   embedded = sorted(embedded, key=lambda item: item[0])
   ids = [pair_id for pair_id, _ in embedded]
-  clusters, _ = cluster_embeddings(ids, np.stack([e for _, e in embedded]), num_clusters=num_clusters,
-                                   min_cluster_size=min_cluster_size, seed=seed)
+  clusters, _, result = cluster_embeddings(ids, np.stack([e for _, e in embedded]), num_clusters=num_clusters,
+                                           min_cluster_size=min_cluster_size, seed=seed)
+  save_clusters(work.kmeans, result, keys=ids)
   atomic_write_json(work.clusters, clusters)
   tuples, _ = sample_tuples(clusters["clusters"], count, used=set(), round_index=ROUND, seed=seed,
                             min_cluster_size=min_cluster_size)

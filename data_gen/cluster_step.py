@@ -1,7 +1,8 @@
 """Step `cluster`: every kept pair's image embedding → k-means clusters;
 clusters with fewer than `min_cluster_size` images are dropped (spec §1).
 
-Writes WORK/clusters.json:
+Writes WORK/kmeans.npz (centroids and every kept pair's assignment, keyed by
+pair id; data_gen.cluster.load_clusters reads it) and, last, WORK/clusters.json:
     {"num_clusters": k, "min_cluster_size": m, "seed": s, "clusters": {"<cluster>": [pair id, …], …}}
 holding the kept clusters only. k is lowered to embeddings // min_cluster_size
 (at least 1) when there are too few embeddings for k clusters of that size,
@@ -13,7 +14,7 @@ import json
 
 import numpy as np
 
-from data_gen.cluster import keep_clusters, kmeans
+from data_gen.cluster import KMeansConfig, KMeansResult, keep_clusters, kmeans, save_clusters
 from data_gen.embed_step import read_embeddings
 from data_gen.report import Tally
 from data_gen.shards import atomic_write_json
@@ -21,20 +22,20 @@ from data_gen.workdir import WorkDir
 
 
 def cluster_embeddings(ids: list[str], embeddings_nd: np.ndarray, *, num_clusters: int, min_cluster_size: int,
-                       seed: int) -> tuple[dict, dict]:
-  """(the clusters.json record, notes); ids must be in pair order."""
+                       seed: int) -> tuple[dict, dict, KMeansResult]:
+  """(the clusters.json record, notes, the k-means result); ids must be in pair order."""
   if num_clusters < 1 or min_cluster_size < 1:
     raise ValueError(f"--num-clusters ({num_clusters}) and --min-cluster-size ({min_cluster_size}) must be positive")
   k = max(1, min(num_clusters, len(ids) // min_cluster_size))
-  _, assignment_n = kmeans(embeddings_nd, k, seed=seed)
-  kept = keep_clusters(assignment_n, min_size=min_cluster_size)
+  result = kmeans(embeddings_nd, KMeansConfig(num_clusters=k, seed=seed))
+  kept = keep_clusters(result.assignments, min_size=min_cluster_size)
   clusters = {str(cluster): [ids[i] for i in sorted(members)] for cluster, members in sorted(kept.items())}
   notes = {"clusters": k, f"clusters with {min_cluster_size}+ images": len(clusters),
            "images in them": sum(map(len, clusters.values()))}
   if k != num_clusters:
     notes[f"k lowered from {num_clusters} ({len(ids)} embeddings)"] = k
   record = {"num_clusters": k, "min_cluster_size": min_cluster_size, "seed": seed, "clusters": clusters}
-  return record, notes
+  return record, notes, result
 
 
 def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, seed: int) -> tuple[Tally, dict]:
@@ -42,10 +43,12 @@ def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, see
     record = json.loads(work.clusters.read_text(encoding="utf-8"))
     return Tally(kept=sum(map(len, record["clusters"].values()))), {"clustered before this run": 1}
   ids, embeddings = read_embeddings(work)
-  record, notes = cluster_embeddings(ids, embeddings, num_clusters=num_clusters, min_cluster_size=min_cluster_size,
-                                     seed=seed)
+  record, notes, result = cluster_embeddings(ids, embeddings, num_clusters=num_clusters,
+                                             min_cluster_size=min_cluster_size, seed=seed)
+  save_clusters(work.kmeans, result, keys=ids)
   atomic_write_json(work.clusters, record)
   tally = Tally(kept=notes["images in them"])
   if len(ids) > tally.kept:
-    tally.skip("cluster_too_small", f"{len(ids) - tally.kept} images sit in clusters under {min_cluster_size}")
+    tally.skipped["cluster_too_small"] = len(ids) - tally.kept
+    tally.example["cluster_too_small"] = f"{len(ids) - tally.kept} images sit in clusters under {min_cluster_size}"
   return tally, notes

@@ -3,7 +3,8 @@
     WORK/images/<pair id>.png          512×512 padded PNGs (ingest)
     WORK/pairs/shard-NNNNN.jsonl       {id, caption, url, image} per kept pair (ingest)
     WORK/embeddings/shard-NNNNN.npz    ids, CLIP scores, image embeddings of pairs that pass (embed)
-    WORK/clusters.json                 k-means assignment, clusters big enough to sample from (cluster)
+    WORK/kmeans.npz                    k-means centroids and assignments (cluster)
+    WORK/clusters.json                 pair ids of the clusters big enough to sample from (cluster)
     WORK/samples/round-NNN.jsonl       image tuples, one conversation each (sample)
     WORK/conversations/round-NNN-shard-NNNNN.jsonl
                                        one record per tuple id: kept conversation or rejection (generate)
@@ -33,6 +34,7 @@ class WorkDir:
   images = property(lambda self: self.root / "images")
   pairs = property(lambda self: self.root / "pairs")
   embeddings = property(lambda self: self.root / "embeddings")
+  kmeans = property(lambda self: self.root / "kmeans.npz")
   clusters = property(lambda self: self.root / "clusters.json")
   samples = property(lambda self: self.root / "samples")
   conversations = property(lambda self: self.root / "conversations")
