@@ -1,8 +1,8 @@
 """Requests/minute and tokens/minute limits as two token buckets.
 
 Sharing one quota among workers:
-- Workers on ONE machine (several processes, Beam's DirectRunner or
-  PrismRunner in multi-process mode): give each the same `state_file`. The
+- Workers on ONE machine (several processes, e.g. Beam's DirectRunner with
+  direct_running_mode="multi_processing"): give each the same `state_file`. The
   bucket levels live in that file and every take is a read-modify-write under
   an exclusive `flock`, so the processes draw from one quota exactly.
 - Workers on MANY machines (Dataflow, Flink, Spark): no file is shared, and a
