@@ -4,7 +4,10 @@ import asyncio
 import json
 import logging
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +211,23 @@ def test_the_client_spends_its_requests_through_the_limiter(monkeypatch):
     elapsed = time.perf_counter() - start
   assert all(o.kept for o in outcomes.values())
   assert elapsed >= 5 / 5 * 0.95  # 6 requests through a bucket that refills one every 1/5 s
+
+
+def test_processes_sharing_a_state_file_take_turns(tmp_path):
+  script = ("import asyncio, sys, time\n"
+            "from data_gen.rate_limit import RateLimiter\n"
+            "limiter = RateLimiter(requests_per_minute=600, burst_s=0.1, state_file=sys.argv[1])  # 10/s, holds 1\n"
+            "async def main():\n"
+            "  await asyncio.sleep(float(sys.argv[2]) - time.time())  # both start together\n"
+            "  for _ in range(4):\n"
+            "    await limiter.acquire(0)\n"
+            "    print(time.time(), flush=True)\n"
+            "asyncio.run(main())\n")
+  start = str(time.time() + 1.5)
+  workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "quota.json"), start],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+             for _ in range(2)]
+  takes = sorted(float(line) for worker in workers for line in worker.communicate(timeout=60)[0].split())
+  assert len(takes) == 8
+  # One shared bucket spaces all 8 takes 0.1 s apart; two private ones would pair them up.
+  assert min(b - a for a, b in zip(takes, takes[1:])) >= 0.09
