@@ -31,7 +31,8 @@ def _write(path, rows):
 def test_export_import_round_trip(tmp_path):
   path, rows = _exported(tmp_path)
   assert [row["id"] for row in rows] == [f"g{i}" for i in range(8)]
-  assert rows[0]["conversation"].startswith("Human: ") and "<img0> " + CAPTIONS[0] + " 0 </img0>" in rows[0]["conversation"]
+  first = rows[0]["conversation"]
+  assert first.startswith("Human: ") and f"<img0> {CAPTIONS[0]} 0 </img0>" in first
   fills = [
       dict(rating="very good", categories="Seaside; food"),  # → 2
       dict(rating="good", categories="harbours", crop_start="3", crop_end="5"),  # → 1, turns 3–5 only
