@@ -32,7 +32,7 @@ from data_gen.llm import LLMClient
 from data_gen.outcome import GenerationOutcome
 from data_gen.report import Tally
 from data_gen.sample import ImageTuple, read_round
-from data_gen.shards import AppendLog, jsonl_text, read_jsonl, shard_name, write_shard
+from data_gen.shards import AppendLog, clear_temporaries, jsonl_text, read_jsonl, shard_name, write_shard
 from data_gen.workdir import WorkDir
 from mim_jax.data.conversation import Conversation, conversation_from_json, conversation_to_json
 
@@ -95,6 +95,7 @@ def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: 
   if unknown:
     raise ValueError(f"round {round_index} names pairs that ingest did not keep (e.g. {unknown[0]}); the samples "
                      f"belong to another work dir or ingest was rerun differently: resample into a fresh --work")
+  clear_temporaries(work.conversations)
   cleaner = Cleaner()
   for shard in conversation_shards(work):
     if int(shard.name.split("-")[1]) < round_index:
@@ -107,6 +108,8 @@ def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: 
       break
     shard = work.conversations / shard_name(index, ".jsonl", prefix=f"round-{round_index:03d}-shard")
     if shard.exists():
+      # A kill between writing the shard and removing its log leaves the log behind.
+      _partial(shard).unlink(missing_ok=True)
       records = list(read_jsonl(shard))
       replay(cleaner, records)
       done_before += 1
@@ -118,10 +121,14 @@ def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: 
   return tally, {"shards done before this run": done_before}
 
 
+def _partial(shard: Path) -> Path:
+  return shard.with_name(shard.name + ".partial")
+
+
 def _generate_shard(shard: Path, chunk: list[ImageTuple], pairs: dict, client: LLMClient, pool: Pool,
                     cleaner: Cleaner, seed: int, progress) -> list[dict]:
   images = {t.id: tuple_images(t, pairs) for t in chunk}
-  partial = shard.with_name(shard.name + ".partial")
+  partial = _partial(shard)
   with AppendLog(partial, key="id") as log:
     replay(cleaner, [log.records[t.id] for t in chunk if t.id in log])
     remaining = [(t.id, images[t.id]) for t in chunk if t.id not in log]

@@ -63,6 +63,9 @@ def test_generate_resumes_mid_shard_and_replays_rule_4(tmp_path):
   (crashed.conversations / "round-000-shard-00002.jsonl").unlink()
   # A kill after the first record of shard 1 was written and mid-way through the second.
   (crashed.conversations / "round-000-shard-00001.jsonl.partial").write_text(kept_record + kept_record[:40])
+  # Earlier kill windows: after shard 0 was written but before its log was removed, and mid atomic write.
+  (crashed.conversations / "round-000-shard-00000.jsonl.partial").write_text(kept_record)
+  (crashed.conversations / ".round-000-shard-00002.jsonl.x1y2.tmp").write_text("{")
   client = SameDialogueClient()
   resumed, notes = generate_step(crashed, client, load_pool(), shard_size=2)
   assert client.requested == ["r000-000003", "r000-000004"]  # nothing asked twice
