@@ -21,7 +21,7 @@ from typing import Sequence
 from data_gen import tfds_builder
 from data_gen.generate_step import conversation_shards, read_generated, record_conversation
 from data_gen.report import Tally
-from data_gen.shards import atomic_write_text
+from data_gen.shards import atomic_write_bytes, atomic_write_text
 from data_gen.splits import split_indices
 from data_gen.workdir import WorkDir
 from mim_jax.data.conversation import Conversation, conversation_to_json
@@ -39,8 +39,8 @@ def link_images(names, source: Path, target: Path) -> None:
       continue
     try:
       os.link(source / name, destination)
-    except OSError:  # another filesystem, or links not allowed: copy instead
-      shutil.copyfile(source / name, destination)
+    except OSError:  # another filesystem, or links not allowed: copy (atomically, so a kill leaves no half file)
+      atomic_write_bytes(destination, (source / name).read_bytes())
 
 
 def export_step(work: WorkDir, *, tfds: bool = True) -> tuple[Tally, dict]:
