@@ -45,12 +45,11 @@ except ImportError as error:
       "--target ~/beam_site apache-beam==2.77.0 <its missing deps>` and run with PYTHONPATH=~/beam_site "
       "(README, 'Scaling out with Beam'); the local steps (`python -m data_gen run`) need none of it.") from error
 
-from data_gen.cluster import save_clusters
-from data_gen.cluster_step import cluster_embeddings
+from data_gen.cluster_step import cluster_embeddings, write_clusters
 from data_gen.generate_step import outcome_record, tally_records, tuple_images
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
 from data_gen.sample import ImageTuple, round_path, sample_tuples
-from data_gen.shards import atomic_write_json, atomic_write_text, jsonl_text, read_jsonl, shard_name, write_shard
+from data_gen.shards import atomic_write_text, jsonl_text, read_jsonl, shard_name, write_shard
 from data_gen.workdir import WorkDir
 
 ROUND = 0
@@ -86,8 +85,7 @@ def cluster_and_sample(embedded: list, work_root: str, *, num_clusters: int, min
   ids = [pair_id for pair_id, _ in embedded]
   clusters, _, result = cluster_embeddings(ids, np.stack([e for _, e in embedded]), num_clusters=num_clusters,
                                            min_cluster_size=min_cluster_size, seed=seed)
-  save_clusters(work.kmeans, result, keys=ids)
-  atomic_write_json(work.clusters, clusters)
+  write_clusters(work, ids, clusters, result)
   tuples, _ = sample_tuples(clusters["clusters"], count, used=set(), round_index=ROUND, seed=seed,
                             min_cluster_size=min_cluster_size)
   atomic_write_text(round_path(work, ROUND), jsonl_text(t.to_json() for t in tuples))

@@ -17,7 +17,7 @@ import numpy as np
 from data_gen.cluster import KMeansConfig, KMeansResult, keep_clusters, kmeans, save_clusters
 from data_gen.embed_step import read_embeddings
 from data_gen.report import Tally
-from data_gen.shards import atomic_write_json
+from data_gen.shards import read_tally, write_shard
 from data_gen.workdir import WorkDir
 
 
@@ -40,15 +40,21 @@ def cluster_embeddings(ids: list[str], embeddings_nd: np.ndarray, *, num_cluster
 
 def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, seed: int) -> tuple[Tally, dict]:
   if work.clusters.exists():
-    record = json.loads(work.clusters.read_text(encoding="utf-8"))
-    return Tally(kept=sum(map(len, record["clusters"].values()))), {"clustered before this run": 1}
+    return read_tally(work.clusters), {"clustered before this run": 1}
   ids, embeddings = read_embeddings(work)
   record, notes, result = cluster_embeddings(ids, embeddings, num_clusters=num_clusters,
                                              min_cluster_size=min_cluster_size, seed=seed)
-  save_clusters(work.kmeans, result, keys=ids)
-  atomic_write_json(work.clusters, record)
-  tally = Tally(kept=notes["images in them"])
+  return write_clusters(work, ids, record, result), notes
+
+
+def write_clusters(work: WorkDir, ids: list[str], record: dict, result: KMeansResult) -> Tally:
+  """kmeans.npz, then clusters.json with its tally (images kept, images in
+  clusters too small); returns the tally."""
+  tally = Tally(kept=sum(map(len, record["clusters"].values())))
   if len(ids) > tally.kept:
     tally.skipped["cluster_too_small"] = len(ids) - tally.kept
-    tally.example["cluster_too_small"] = f"{len(ids) - tally.kept} images sit in clusters under {min_cluster_size}"
-  return tally, notes
+    tally.example["cluster_too_small"] = (f"{len(ids) - tally.kept} images sit in clusters under "
+                                          f"{record['min_cluster_size']}")
+  save_clusters(work.kmeans, result, keys=ids)
+  write_shard(work.clusters, json.dumps(record, ensure_ascii=False, indent=1), tally)
+  return tally
