@@ -46,7 +46,7 @@ except ImportError as error:
       "(README, 'Scaling out with Beam'); the local steps (`python -m data_gen run`) need none of it.") from error
 
 from data_gen.cluster_step import cluster_embeddings, write_clusters
-from data_gen.generate_step import outcome_record, tally_records, tuple_images
+from data_gen.generate_step import check_settings, outcome_record, tally_records, tuple_images
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
 from data_gen.sample import ImageTuple, round_path, sample_tuples
 from data_gen.shards import atomic_write_text, jsonl_text, read_jsonl, shard_name, write_shard
@@ -139,6 +139,7 @@ def build(pipeline, work: WorkDir, *, clip_dir: str, min_score: float, clip_batc
   shards = [str(path) for path in work.pair_shards()]
   if not shards:
     raise FileNotFoundError(f"{work.pairs} holds no pair shard; run `python -m data_gen ingest --work {root}` first")
+  check_settings(work, ROUND, shard_size=tuples_per_shard, seed=seed)
   pairs = (pipeline | "PairShards" >> beam.Create(shards) | "ReadPairs" >> beam.FlatMap(lambda s: read_jsonl(Path(s)))
            | "ById" >> beam.Map(lambda pair: (pair["id"], pair)))
   tuples = (pipeline | "EmbedShards" >> beam.Create(shards)

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_gen.report import Tally
-from data_gen.shards import clear_temporaries, read_jsonl, read_tally, write_shard
+from data_gen.shards import clear_temporaries, read_jsonl, read_tally, require_same_settings, write_shard
 from data_gen.workdir import WorkDir
 
 
@@ -40,6 +40,7 @@ def embed_step(work: WorkDir, make_scorer: Callable[[], object], *, min_score: f
   if not shards:
     raise FileNotFoundError(f"{work.pairs} holds no pair shard; run `python -m data_gen ingest --work {work.root}` "
                             "first")
+  require_same_settings(work.embeddings / "settings.json", {"min_score": min_score})
   clear_temporaries(work.embeddings)
   scorer, tally, done_before = None, Tally(), 0
   for shard in tqdm(shards, desc="embed", unit="shard"):

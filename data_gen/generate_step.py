@@ -32,7 +32,8 @@ from data_gen.llm import LLMClient
 from data_gen.outcome import GenerationOutcome
 from data_gen.report import Tally
 from data_gen.sample import ImageTuple, read_round
-from data_gen.shards import AppendLog, clear_temporaries, jsonl_text, read_jsonl, shard_name, write_shard
+from data_gen.shards import AppendLog, clear_temporaries, jsonl_text, read_jsonl, require_same_settings, shard_name, \
+  write_shard
 from data_gen.workdir import WorkDir
 from mim_jax.data.conversation import Conversation, conversation_from_json, conversation_to_json
 
@@ -85,6 +86,13 @@ def tuple_images(image_tuple: ImageTuple, pairs: dict[str, dict]) -> list[tuple[
   return [(pairs[p]["image"], pairs[p]["caption"], pairs[p]["url"]) for p in image_tuple.pairs]
 
 
+def check_settings(work: WorkDir, round_index: int, *, shard_size: int, seed: int) -> None:
+  """A round's shards hold tuples by position, so every run of it (local or
+  Beam) must cut them the same way."""
+  require_same_settings(work.conversations / f"settings-round-{round_index:03d}.json",
+                        {"tuples_per_shard": shard_size, "seed": seed})
+
+
 def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: int = 0, seed: int = SEED,
                   shard_size: int = 64) -> tuple[Tally, dict]:
   if shard_size < 1:
@@ -95,6 +103,7 @@ def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: 
   if unknown:
     raise ValueError(f"round {round_index} names pairs that ingest did not keep (e.g. {unknown[0]}); the samples "
                      f"belong to another work dir or ingest was rerun differently: resample into a fresh --work")
+  check_settings(work, round_index, shard_size=shard_size, seed=seed)
   clear_temporaries(work.conversations)
   cleaner = Cleaner()
   for shard in conversation_shards(work):

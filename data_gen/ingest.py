@@ -15,16 +15,19 @@ from tqdm import tqdm
 from data_gen.download import Fetcher, map_concurrently
 from data_gen.padded_png import padded_png
 from data_gen.report import Skip, Tally
-from data_gen.shards import atomic_write_bytes, clear_temporaries, jsonl_text, read_tally, shard_name, write_shard
+from data_gen.shards import atomic_write_bytes, clear_temporaries, jsonl_text, read_tally, require_same_settings, \
+  shard_name, write_shard
 from data_gen.sources import RawPair, SourceSkip
 from data_gen.workdir import WorkDir
 
 
 def ingest(records: Iterable[RawPair | SourceSkip], work: WorkDir, *, fetcher: Fetcher, shard_size: int = 1000,
-           ) -> tuple[Tally, dict]:
-  """Returns the step's tally (all shards, finished earlier or now) and notes."""
+           source: str = "") -> tuple[Tally, dict]:
+  """Returns the step's tally (all shards, finished earlier or now) and
+  notes. `source` names the source, so a rerun on another one is refused."""
   if shard_size < 1:
     raise ValueError(f"shard_size is {shard_size}; give at least 1 record per shard")
+  require_same_settings(work.pairs / "settings.json", {"source": source, "pairs_per_shard": shard_size})
   work.images.mkdir(parents=True, exist_ok=True)
   clear_temporaries(work.pairs)
   clear_temporaries(work.images)

@@ -54,6 +54,22 @@ def read_jsonl(path: Path) -> Iterator[dict]:
         yield json.loads(line)
 
 
+def require_same_settings(path: Path, settings: dict) -> None:
+  """Shards are cut by position, so a rerun with another shard size (or
+  source, seed, …) would mix two cuttings: the first run's settings are
+  saved at `path` and a rerun must repeat them."""
+  settings = json.loads(json.dumps(settings))  # as they read back: tuples become lists
+  if path.exists():
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    changed = {key: (saved.get(key), value) for key, value in settings.items() if saved.get(key) != value}
+    if changed:
+      described = ", ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
+      raise ValueError(f"{path.parent} was written with other settings ({described}); rerun with the earlier "
+                       f"flags to resume, or use a fresh --work")
+    return
+  atomic_write_json(path, settings)
+
+
 def tally_path(shard: Path) -> Path:
   return shard.with_name(shard.name + ".tally.json")
 

@@ -84,7 +84,8 @@ def ingest(args) -> tuple[Tally, dict]:
   options = FetchOptions(timeout_s=args.timeout, retries=args.retries, workers=args.download_workers,
                          per_host=args.per_host)
   source = open_source(args.source, tsv_columns=tuple(args.tsv_columns.split(",")), seed=args.seed)
-  return ingest_source(source, WorkDir(args.work), fetcher=Fetcher(options), shard_size=args.pairs_per_shard)
+  return ingest_source(source, WorkDir(args.work), fetcher=Fetcher(options), shard_size=args.pairs_per_shard,
+                       source=f"{args.source} columns={args.tsv_columns} seed={args.seed}")
 
 
 def _clip(args, work: WorkDir) -> tuple[Path, float]:

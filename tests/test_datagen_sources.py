@@ -98,6 +98,8 @@ def test_ingest_rerun_skips_finished_shards_and_keeps_their_counts(tmp_path):
   assert notes["shards done before this run"] == 2
   assert first == second and first.kept == 10
   assert (work.images / "p000000005.png").exists()
+  with pytest.raises(ValueError, match=r"pairs_per_shard: 4 then, 5 now.*fresh --work"):
+    ingest(open_source("synthetic:10"), work, fetcher=Fetcher(FAST), shard_size=5)
 
 
 def test_folder_source(tmp_path):
