@@ -30,7 +30,6 @@ from data_gen.outcome import Rejection
 
 SEED_POOL = Path(__file__).parent / "assets" / "fewshot_seed.json"
 RATINGS = (0, 1, 2)
-SELECTION = (2, 2, 1)  # the ratings of the examples one prompt takes
 
 
 class PoolError(ValueError):

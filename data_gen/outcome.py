@@ -7,7 +7,6 @@ Reasons are short keys that batch reports count: LLM failures start with
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 
 from mim_jax.data.conversation import Conversation
 
@@ -37,7 +36,3 @@ class GenerationOutcome:
   def kept(self) -> bool:
     return isinstance(self.result, Conversation)
 
-
-def count_reasons(outcomes) -> Counter:
-  """'kept' plus one key per rejection reason."""
-  return Counter("kept" if o.kept else o.result.reason for o in outcomes)
