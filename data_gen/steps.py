@@ -59,6 +59,9 @@ OPTIONS = {
     "--tuples-per-shard": dict(type=int, default=64),
     # export
     "--no-tfds": dict(action="store_true", help="write the JSON files only"),
+    # tfds (released data)
+    "--json": dict(type=Path, help="a released-format JSON file (e.g. TextBind's train data)"),
+    "--images": dict(type=Path, help="the folder holding every image the JSON names"),
     # beam
     "--beam-arg": dict(action="append", default=[], metavar="--OPTION=VALUE",
                        help="a Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner (default: DirectRunner)"),
@@ -118,6 +121,23 @@ def cluster(args) -> tuple[Tally, dict]:
   from data_gen.cluster_step import cluster_step
   return cluster_step(WorkDir(args.work), num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
                       seed=args.seed)
+
+
+def released_tfds(args) -> tuple[Tally, dict]:
+  from data_gen import tfds_builder
+  if args.json is None or args.images is None:
+    raise ValueError("tfds needs --json FILE (released format) and --images DIR (the files it names)")
+  for path in (args.json, args.images):
+    if not path.exists():
+      raise FileNotFoundError(f"{path} does not exist; pass the released JSON file and its image folder")
+  manual = WorkDir(args.work).root / "source"
+  manual.mkdir(parents=True, exist_ok=True)
+  for link, target in ((manual / "conversations.json", args.json), (manual / "images", args.images)):
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.resolve())
+  _, tally = tfds_builder.usable_conversations(manual)
+  builder = tfds_builder.build(manual, manual.parent / "tfds")
+  return tally, {f"{name} split": info.num_examples for name, info in builder.info.splits.items()}
 
 
 def beam(args) -> tuple[Tally, dict]:
@@ -234,6 +254,8 @@ STEPS = (
     Step("stats", "turns, images by role, words, diversity", ("--work",), stats),
 )
 TOOLS = (
+    Step("tfds", "a released-format JSON + image folder (e.g. TextBind's own data) → TFDS in WORK/tfds",
+         ("--work", "--json", "--images"), released_tfds),
     Step("beam", "embed → cluster/sample → generate → clean → write as an Apache Beam pipeline (round 0)",
          ("--work", "--seed", "--clip", "--min-score", "--clip-batch-size", "--num-clusters", "--min-cluster-size",
           "--num-conversations", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard", "--beam-arg",

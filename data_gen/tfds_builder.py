@@ -10,7 +10,8 @@ Records use `mim_jax.data.schema.conversation_features()`; an example's id
 and key is the conversation's index in conversations.json. Conversations
 that fail to parse or name an image that is not in images/ are dropped (the
 spec drops a conversation with any missing image) and counted in the log.
-Splits follow splits.py. Reading back needs no data_gen import:
+Splits (splits.py) are drawn over the usable ones. Reading back needs no
+data_gen import:
 
     tfds.builder("textbind_conversations", data_dir=DIR).as_dataset(split="train")
 
@@ -19,6 +20,7 @@ class, which `download_and_prepare` needs).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tensorflow_datasets as tfds
@@ -26,7 +28,7 @@ from absl import logging
 
 from data_gen.report import Tally, summary_table
 from data_gen.splits import split_indices
-from mim_jax.data.conversation import Conversation, ProblemCounts, read_conversations
+from mim_jax.data.conversation import Conversation, ConversationError, conversation_from_json
 from mim_jax.data.schema import conversation_features, conversation_record
 
 NAME = "textbind_conversations"
@@ -52,35 +54,40 @@ class TextbindConversations(tfds.core.GeneratorBasedBuilder):
     if tally.skipped:
       logging.warning("%s", summary_table(f"{NAME} from {manual}", tally))
     splits = split_indices(len(conversations))
-    return {name: self._generate_examples(manual / "images", [(i, conversations[i]) for i in indices])
+    return {name: self._generate_examples(manual / "images", [conversations[i] for i in indices])
             for name, indices in splits.items() if indices}
 
-  def _generate_examples(self, image_dir: Path, indexed):
+  def _generate_examples(self, image_dir: Path, indexed: list[tuple[int, Conversation]]):
     for index, conversation in indexed:
       images = {name: (image_dir / name).read_bytes() for name in set(conversation.images)}
       key = f"{index:08d}"
       yield key, conversation_record(conversation, images, id=key, source=SOURCE)
 
 
-def usable_conversations(manual: Path) -> tuple[list[Conversation], Tally]:
-  """The conversations of manual/conversations.json whose images all exist,
-  in file order, and a tally of what was dropped by reason."""
+def usable_conversations(manual: Path) -> tuple[list[tuple[int, Conversation]], Tally]:
+  """(index in the file, conversation) for each conversation of
+  manual/conversations.json that parses and whose images all exist, in file
+  order, and a tally of what was dropped by reason."""
   path = manual / "conversations.json"
   if not path.is_file() or not (manual / "images").is_dir():
     raise FileNotFoundError(f"{manual} needs conversations.json and an images/ folder; "
                             f"{TextbindConversations.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-  parse = ProblemCounts()
+  records = json.loads(path.read_text(encoding="utf-8"))
+  if not isinstance(records, list):
+    raise ValueError(f"{path}: top level is {type(records).__name__}; the released format is a JSON list")
   tally, usable = Tally(), []
-  for conversation in read_conversations(path, parse):
+  for index, record in enumerate(records):
+    try:
+      conversation = conversation_from_json(record, name=f"{path.name}[{index}]")
+    except ConversationError as error:
+      tally.skip(error.reason, str(error))
+      continue
     missing = [name for name in conversation.images if not (manual / "images" / name).is_file()]
     if missing:
       tally.skip("missing_image", f"{conversation.name}: no file images/{missing[0]}")
       continue
-    usable.append(conversation)
+    usable.append((index, conversation))
   tally.kept = len(usable)
-  for reason, count in parse.skipped.items():
-    tally.skipped[reason] += count
-    tally.example.setdefault(reason, parse.first_message[reason])
   return usable, tally
 
 

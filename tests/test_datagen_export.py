@@ -2,6 +2,7 @@
 through TFDS and the released JSON re-imports to the same conversations."""
 import json
 import random
+import re
 import shutil
 
 import tensorflow as tf
@@ -17,7 +18,7 @@ from data_gen.shards import jsonl_text
 from data_gen.splits import split_indices
 from data_gen.template_backend import compose_dialogue
 from data_gen.workdir import WorkDir
-from datagen_fixtures import ingested_work
+from datagen_fixtures import encoded, ingested_work
 from mim_jax.data.conversation import conversation_from_json, conversation_to_json, read_conversations
 from mim_jax.data.schema import conversation_from_record
 
@@ -134,3 +135,24 @@ def test_split_sizes():
   assert [len(v) for v in split_indices(3).values()] == [3, 0, 0]
   parts = split_indices(1000)
   assert sorted(sum(parts.values(), [])) == list(range(1000)) and parts == split_indices(1000)
+
+
+def test_released_data_to_tfds_from_the_command_line(tmp_path, capsys):
+  from data_gen.__main__ import main
+  images = tmp_path / "released_images"
+  images.mkdir()
+  records = []
+  for i in range(8):
+    (images / f"{i}.png").write_bytes(encoded("PNG", color=(i * 30, 0, 0)))
+    records.append({"conversation": [
+        {"role": "user", "content": f"photo {i} <image>", "image_list": [f"{i}.png"], "caption_list": [],
+         "url_list": []},
+        {"role": "assistant", "content": f"reply {i}", "image_list": [], "caption_list": [], "url_list": []}]})
+  records[3]["conversation"][0]["image_list"] = ["absent.png"]
+  (tmp_path / "train.json").write_text(json.dumps(records))
+  assert main(["tfds", "--work", str(tmp_path / "out"), "--json", str(tmp_path / "train.json"),
+               "--images", str(images)]) == 0
+  table = capsys.readouterr().out
+  assert re.search(r"skipped: missing_image +1 ", table) and re.search(r"train split +5\n", table)
+  dataset = tfds.builder("textbind_conversations", data_dir=str(tmp_path / "out" / "tfds")).as_dataset(split="all")
+  assert sorted(int(example["id"].numpy()) for example in dataset) == [0, 1, 2, 4, 5, 6, 7]
