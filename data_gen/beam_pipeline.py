@@ -25,8 +25,9 @@ Rerunning recomputes everything (Beam retries failed work itself); every file
 is written atomically, so a rerun never leaves a half-written shard.
 
 apache-beam is optional: 2.77 pins pillow<13, protobuf<7 and pyarrow<26, which
-this project's pins exceed, so it is not in requirements.txt. Install it into a
-separate directory (see the README) and put that on PYTHONPATH.
+this project's pins exceed, so it is not in requirements.txt; install
+requirements-beam.txt into a directory beside the venv and put that on
+PYTHONPATH (see that file).
 """
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ try:
 except ImportError as error:
   raise ImportError(
       "data_gen.beam_pipeline needs apache-beam, which is not installed: its releases pin pillow<13 and "
-      "protobuf<7, older than this project's pins. Install it beside the venv, e.g. `pip install --no-deps "
-      "--target ~/beam_site apache-beam==2.77.0 <its missing deps>` and run with PYTHONPATH=~/beam_site "
-      "(README, 'Scaling out with Beam'); the local steps (`python -m data_gen run`) need none of it.") from error
+      "protobuf<7, older than this project's pins, so it goes beside the venv: `.venv/bin/pip install --no-deps "
+      "--target .beam_site -r requirements-beam.txt`, then run with PYTHONPATH=.beam_site. The local steps "
+      "(`python -m data_gen run`) need none of it.") from error
 
 from data_gen.cluster_step import cluster_embeddings, write_clusters
 from data_gen.generate_step import check_settings, outcome_record, tally_records, tuple_images

@@ -1,5 +1,7 @@
 """The Beam pipeline (DirectRunner) writes what the local steps write, and
 parallel cleaning equals one sequential Cleaner."""
+import importlib
+import importlib.util
 import math
 import random
 import shutil
@@ -85,3 +87,9 @@ def test_beam_direct_runner_equals_the_local_steps(tmp_path):
 
   assert len(list(local.conversations.glob("*.jsonl"))) == 3
   assert files(beam_work) == files(local)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("apache_beam") is not None, reason="apache-beam is installed here")
+def test_without_apache_beam_the_import_says_how_to_install_it():
+  with pytest.raises(ImportError, match=r"pillow<13.*requirements-beam.txt"):
+    importlib.import_module("data_gen.beam_pipeline")
