@@ -9,7 +9,8 @@ every worker, e.g. W on GCS through a fuse mount). Output: W's clusters.json,
 samples/round-000.jsonl and conversations/ shards, the same files a local run
 of the same steps writes; run `export` and `stats` after it.
 
-Parallelism: one pair shard per embed element (as local embed batches them,
+Parallelism: every worker holds the pair table (id → caption, url, image
+name) as a side input, about 200 bytes a pair; one pair shard per embed element (as local embed batches them,
 so the embeddings — and everything after — equal a local run's); one global
 step clusters and samples (it needs every embedding); generation runs on
 reshuffled batches of tuples; cleaning is per reply plus a group-by on the
@@ -47,9 +48,12 @@ except ImportError as error:
       "(`python -m data_gen run`) need none of it.") from error
 
 from data_gen.cluster_step import cluster_embeddings, write_clusters
+from data_gen.fewshot import load_pool
+from data_gen.generate import generate_conversations_async
 from data_gen.generate_step import check_settings, outcome_record, tally_records, tuple_images
+from data_gen.llm import LLMConfig, make_client
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
-from data_gen.sample import ImageTuple, round_path, sample_tuples
+from data_gen.sample import ImageTuple, round_path, sample_tuples, tuple_position
 from data_gen.shards import atomic_write_text, jsonl_text, read_jsonl, shard_name, write_shard
 from data_gen.workdir import WorkDir
 
@@ -63,6 +67,7 @@ class EmbedShard(beam.DoFn):
     self.work_root, self.clip_dir, self.min_score, self.batch_size = work_root, clip_dir, min_score, batch_size
 
   def setup(self):
+    # Imported on the worker: JAX starts and the model loads there, not where the pipeline is built.
     from data_gen.embed import ClipScorer
     self.scorer = ClipScorer.from_pretrained(self.clip_dir, batch_size=self.batch_size, min_score=self.min_score)
 
@@ -100,13 +105,10 @@ class GenerateBatch(beam.DoFn):
     self.llm_config, self.llm_workers, self.pool_path, self.seed = llm_config, llm_workers, pool_path, seed
 
   def setup(self):
-    from data_gen.fewshot import load_pool
-    from data_gen.llm import LLMConfig, make_client
     self.client = make_client(LLMConfig.from_mapping(self.llm_config).split_across(self.llm_workers))
     self.pool = load_pool(self.pool_path)
 
   def process(self, batch: list, pairs: dict):
-    from data_gen.generate import generate_conversations_async
     tuples = [ImageTuple.from_json(t) for t in batch]
     images = {t.id: tuple_images(t, pairs) for t in tuples}
     outcomes = asyncio.run(generate_conversations_async([(t.id, images[t.id]) for t in tuples], self.pool,
@@ -130,7 +132,7 @@ def write_generation_shard(item, work_root: str) -> int:
 
 
 def _shard_index(record: dict, tuples_per_shard: int) -> int:
-  return int(record["id"].rsplit("-", 1)[1]) // tuples_per_shard
+  return tuple_position(record["id"]) // tuples_per_shard
 
 
 def build(pipeline, work: WorkDir, *, clip_dir: str, min_score: float, clip_batch_size: int, num_clusters: int,

@@ -44,6 +44,15 @@ class ImageTuple:
     return cls(record["id"], record["cluster"], tuple(record["pairs"]))
 
 
+def tuple_id(round_index: int, position: int) -> str:
+  return f"r{round_index:03d}-{position:06d}"
+
+
+def tuple_position(image_tuple_id: str) -> int:
+  """The tuple's position in its round (what generation shards are cut by)."""
+  return int(image_tuple_id.rsplit("-", 1)[1])
+
+
 def tuple_key(pairs) -> tuple[str, ...]:
   return tuple(sorted(pairs))
 
@@ -74,7 +83,7 @@ def sample_tuples(clusters: dict[str, list[str]], count: int, *, used: set, roun
       notes["stopped: every draw was a used tuple"] = len(tuples)
       break
     used.add(tuple_key(pairs))
-    tuples.append(ImageTuple(f"r{round_index:03d}-{len(tuples):06d}", cluster, pairs))
+    tuples.append(ImageTuple(tuple_id(round_index, len(tuples)), cluster, pairs))
   return tuples, notes
 
 
