@@ -66,10 +66,14 @@ def open_source(spec: str, *, tsv_columns: Sequence[str] = ("caption", "url"), s
     return folder_source(Path(argument))
   if kind == "wds":
     return webdataset_source(argument)
-  from data_gen.synthetic import synthetic_source
+  from data_gen.synthetic import synthetic_source  # here: synthetic.py imports RawPair from this module
   if not argument.isdigit():
     raise ValueError(f"source {spec!r}: synthetic takes a count of pairs, e.g. synthetic:48")
   return synthetic_source(int(argument), seed=seed)
+
+
+# Each source checks its arguments when called and returns a generator, so a
+# bad path fails before a step records its settings or opens its first shard.
 
 
 def tsv_source(path: Path, columns: Sequence[str] = ("caption", "url")) -> Iterator[RawPair | SourceSkip]:
@@ -77,6 +81,10 @@ def tsv_source(path: Path, columns: Sequence[str] = ("caption", "url")) -> Itera
     raise ValueError(f"tsv columns {tuple(columns)} must name 'caption' and 'url' once each, in file order")
   if not path.is_file():
     raise FileNotFoundError(f"TSV source {path} not found")
+  return _tsv_records(path, tuple(columns))
+
+
+def _tsv_records(path: Path, columns: tuple[str, ...]) -> Iterator[RawPair | SourceSkip]:
   index = 0
   with path.open("rb") as lines:
     for number, line in enumerate(lines, 1):
@@ -104,6 +112,10 @@ def folder_source(directory: Path) -> Iterator[RawPair | SourceSkip]:
   if not captions.is_file():
     raise FileNotFoundError(f"folder source {directory} has no captions.jsonl; write one line "
                             '{"image": "relative/path.jpg", "caption": "..."} per image')
+  return _folder_records(directory, captions)
+
+
+def _folder_records(directory: Path, captions: Path) -> Iterator[RawPair | SourceSkip]:
   index = 0
   with captions.open("rb") as lines:
     for number, line in enumerate(lines, 1):
@@ -130,6 +142,10 @@ def webdataset_source(pattern: str) -> Iterator[RawPair | SourceSkip]:
   shards = sorted(glob.glob(pattern))
   if not shards:
     raise FileNotFoundError(f"webdataset source: no tar shards match {pattern!r}")
+  return _webdataset_records(shards)
+
+
+def _webdataset_records(shards: list[str]) -> Iterator[RawPair | SourceSkip]:
   index = 0
   for shard in shards:
     for key, members in _samples(Path(shard)):

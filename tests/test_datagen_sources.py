@@ -154,8 +154,14 @@ def test_synthetic_source_is_deterministic_and_true():
   assert image.getpixel((0, 0)) == BACKGROUNDS[background]
 
 
-def test_bad_source_spec():
+def test_bad_source_spec_fails_when_opened(tmp_path):
   with pytest.raises(ValueError, match="KIND:ARGUMENT"):
     open_source("csv:x")
   with pytest.raises(ValueError, match="synthetic:48"):
     open_source("synthetic:many")
+  with pytest.raises(FileNotFoundError, match="TSV source"):
+    open_source(f"tsv:{tmp_path}/missing.tsv")
+  with pytest.raises(FileNotFoundError, match="no captions.jsonl"):
+    open_source(f"folder:{tmp_path}")
+  with pytest.raises(FileNotFoundError, match="no tar shards match"):
+    open_source(f"wds:{tmp_path}/*.tar")
