@@ -15,7 +15,6 @@ clusters, seed and round give the same tuples.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 
@@ -112,7 +111,7 @@ def sample_step(work: WorkDir, *, count: int, round_index: int = 0, seed: int = 
   if path.exists():
     tuples = read_round(work, round_index)
     return Tally(kept=len(tuples)), {"round already sampled": 1}
-  clusters = json.loads(work.require(work.clusters, "cluster").read_text(encoding="utf-8"))["clusters"]
+  clusters = work.read_clusters()["clusters"]
   tuples, notes = sample_tuples(clusters, count, used=used_tuples(work), round_index=round_index, seed=seed,
                                 min_cluster_size=min_cluster_size)
   atomic_write_text(path, jsonl_text(t.to_json() for t in tuples))

@@ -10,7 +10,6 @@ from data_gen.download import Fetcher, FetchOptions, map_concurrently
 from data_gen.ingest import ingest
 from data_gen.padded_png import padded_png
 from data_gen.report import Skip
-from data_gen.shards import read_jsonl
 from data_gen.sources import RawPair, SourceSkip, open_source
 from data_gen.synthetic import BACKGROUNDS, synthetic_pair
 from data_gen.workdir import WorkDir
