@@ -1,5 +1,6 @@
 """Generation resumes without loss or duplication; the export reads back
 through TFDS and the released JSON re-imports to the same conversations."""
+import csv
 import json
 import random
 import re
@@ -9,8 +10,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_gen import tfds_builder  # noqa: F401 — registers textbind_conversations
+from data_gen.__main__ import main
 from data_gen.export import export_step, released_json
-from data_gen.fewshot import load_pool
+from data_gen.fewshot import SEED_POOL, load_pool
 from data_gen.generate_step import generate_step, read_generated, record_conversation
 from data_gen.llm import Completion, LLMConfig, make_client
 from data_gen.sample import ImageTuple, round_path, sample_step
@@ -138,7 +140,6 @@ def test_split_sizes():
 
 
 def test_released_data_to_tfds_from_the_command_line(tmp_path, capsys):
-  from data_gen.__main__ import main
   images = tmp_path / "released_images"
   images.mkdir()
   records = []
@@ -156,3 +157,23 @@ def test_released_data_to_tfds_from_the_command_line(tmp_path, capsys):
   assert re.search(r"skipped: missing_image +1 ", table) and re.search(r"train split +5\n", table)
   dataset = tfds.builder("textbind_conversations", data_dir=str(tmp_path / "out" / "tfds")).as_dataset(split="all")
   assert sorted(int(example["id"].numpy()) for example in dataset) == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_annotation_round_trip_from_the_command_line(tmp_path, capsys):
+  work = ingested_work(tmp_path, pairs=40)
+  sample_step(work, count=4)
+  generate_step(work, make_client({"backend": "template"}), load_pool(), shard_size=5)
+  assert main(["annotate-export", "--work", str(work.root)]) == 0
+  path = work.root / "annotation" / "round-000.csv"
+  rows = list(csv.DictReader(path.open(newline="")))
+  assert [row["id"] for row in rows] == [f"r000-{i:06d}" for i in range(4)]
+  rows[0].update(rating="very good", categories="shapes")
+  rows[1].update(rating="good", categories="colors")
+  with path.open("w", newline="") as handle:
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  assert main(["annotate-import", "--work", str(work.root), "--out-pool", str(tmp_path / "pool-v2.json")]) == 0
+  assert re.search(r"skipped: unrated +2 ", capsys.readouterr().out)
+  seed, new = load_pool(SEED_POOL), load_pool(tmp_path / "pool-v2.json")
+  assert new.version == seed.version + 1 and len(new.examples) == len(seed.examples) + 2
