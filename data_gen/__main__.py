@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="step", metavar="step", required=True)
   for step in STEPS + TOOLS:
     _add_options(commands.add_parser(step.name, help=step.help), step.options)
-  every = dict.fromkeys(option for step in STEPS for option in step.options)
+  # run's stats read the export it just wrote, so stats' --json (another file) is left out.
+  every = dict.fromkeys(option for step in STEPS for option in step.options if option != "--json")
   _add_options(commands.add_parser("run", help="every step in order: " + " → ".join(s.name for s in STEPS)), every)
   return parser
 

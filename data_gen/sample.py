@@ -64,8 +64,8 @@ def sample_tuples(clusters: dict[str, list[str]], count: int, *, used: set, roun
   notes = {"clusters eligible": len(eligible), f"clusters under {min_cluster_size} images": len(clusters) - len(eligible),
            "duplicate draws redrawn": 0}
   if not eligible:
-    raise ValueError(f"no cluster has {min_cluster_size} images or more ({len(clusters)} clusters); ingest more pairs, "
-                     "use fewer clusters, or lower --min-cluster-size")
+    raise ValueError(f"none of the {len(clusters)} clusters given has {min_cluster_size} images or more; ingest more "
+                     "pairs, use fewer clusters, or lower --min-cluster-size")
   members = {name: sorted(clusters[name]) for name in eligible}
   rng = np.random.default_rng((seed, round_index))
   tuples = []

@@ -201,7 +201,7 @@ def stats(args) -> tuple[Tally, dict]:
   from mim_jax.data.conversation import ProblemCounts, read_conversations
   work = WorkDir(args.work)
   counts = ProblemCounts()
-  path = work.require(work.export / "conversations.json", "export")
+  path = args.json or work.require(work.export / "conversations.json", "export")
   values = dataset_stats(list(read_conversations(path, counts)))
   atomic_write_json(work.stats, values)
   tally = Tally(kept=counts.kept, skipped=counts.skipped, example=counts.first_message)
@@ -251,7 +251,8 @@ STEPS = (
     Step("generate", "image tuples → LLM → cleaned conversations (resumable)",
          ("--work", "--seed", "--round", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard"), generate),
     Step("export", "conversations → released JSON splits + TFDS", ("--work", "--no-tfds"), export),
-    Step("stats", "turns, images by role, words, diversity", ("--work",), stats),
+    Step("stats", "turns, images by role, words, diversity (of the export, or of --json FILE)",
+         ("--work", "--json"), stats),
 )
 TOOLS = (
     Step("tfds", "a released-format JSON + image folder (e.g. TextBind's own data) → TFDS in WORK/tfds",
