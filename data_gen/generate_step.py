@@ -31,13 +31,11 @@ from data_gen.generate import generate_conversations
 from data_gen.llm import LLMClient
 from data_gen.outcome import GenerationOutcome
 from data_gen.report import Tally
-from data_gen.sample import ImageTuple, read_round
+from data_gen.sample import SEED, ImageTuple, read_round
 from data_gen.shards import AppendLog, clear_temporaries, jsonl_text, read_jsonl, require_same_settings, shard_name, \
   write_shard
 from data_gen.workdir import WorkDir
 from mim_jax.data.conversation import Conversation, conversation_from_json, conversation_to_json
-
-SEED = 10086
 
 
 def outcome_record(outcome: GenerationOutcome, images: Sequence[tuple[str, str, str]]) -> dict:

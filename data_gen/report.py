@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Iterable
 
 
 class Skip(Exception):
@@ -47,13 +46,6 @@ class Tally:
   @classmethod
   def from_json(cls, record: dict) -> "Tally":
     return cls(record["kept"], Counter(record["skipped"]), dict(record["example"]))
-
-
-def merged(tallies: Iterable[Tally]) -> Tally:
-  total = Tally()
-  for tally in tallies:
-    total.add(tally)
-  return total
 
 
 def summary_table(step: str, tally: Tally, *, kept_label: str = "kept", notes: dict | None = None) -> str:

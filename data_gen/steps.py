@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from data_gen.report import Tally
+from data_gen.sample import SEED
 from data_gen.workdir import WorkDir
-
-SEED = 10086
 
 
 def _llm_setting(text: str) -> tuple[str, object]:
