@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(commands.add_parser(step.name, help=step.help), step.options)
   # run's stats read the export it just wrote, so stats' --json (another file) is left out.
   every = dict.fromkeys(option for step in STEPS for option in step.options if option != "--json")
-  _add_options(commands.add_parser("run", help="every step in order: " + " → ".join(s.name for s in STEPS)), every)
+  run = commands.add_parser("run", help="every step in order: " + " → ".join(s.name for s in STEPS))
+  _add_options(run, every)
+  run.set_defaults(json=None)
   return parser
 
 
