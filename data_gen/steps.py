@@ -108,10 +108,10 @@ def _clip(args, work: WorkDir) -> tuple[Path, float]:
 
 
 def embed(args) -> tuple[Tally, dict]:
+  work = WorkDir(args.work)
+  directory, min_score = _clip(args, work)  # a bad --clip fails before JAX starts
   from data_gen.embed import ClipScorer
   from data_gen.embed_step import embed_step
-  work = WorkDir(args.work)
-  directory, min_score = _clip(args, work)
   return embed_step(work, lambda: ClipScorer.from_pretrained(directory, batch_size=args.clip_batch_size,
                                                              min_score=min_score), min_score=min_score)
 
