@@ -198,3 +198,13 @@ def test_params_only_export_loads_back(reference, tmp_path):
   assert meta["step"] == 8
   _, loaded = load_hf_mim(out)
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, params))
+
+
+def test_unreachable_coordinator_is_a_clear_error(tmp_path):
+  env = {**os.environ, "MIM_JAX_COORDINATOR": f"localhost:{free_port()}", "MIM_JAX_NUM_PROCESSES": "2",
+         "MIM_JAX_PROCESS_ID": "1", "MIM_JAX_INIT_TIMEOUT_S": "5"}
+  run = subprocess.run([sys.executable, "-c", "from mim_jax.train import distributed; distributed.initialize()"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode != 0
+  assert "could not join the distributed job at localhost:" in run.stderr
+  assert "MIM_JAX_COORDINATOR=host:port" in run.stderr

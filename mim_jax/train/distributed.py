@@ -7,20 +7,24 @@
 - Anything else, localhost tests included: MIM_JAX_COORDINATOR=host:port,
   MIM_JAX_NUM_PROCESSES, MIM_JAX_PROCESS_ID (and optionally
   MIM_JAX_LOCAL_DEVICE_IDS=0,1,…).
-No variable set: a single process, nothing to initialise.
+No variable set: a single process, nothing to initialise. MIM_JAX_INIT_TIMEOUT_S
+(default 300) bounds the wait for the other processes.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 
 import jax
 
 log = logging.getLogger("mim_jax.train")
 
 
-def initialize(timeout_s: int = 300) -> None:
+def initialize() -> None:
   env = os.environ
+  timeout_s = int(env.get("MIM_JAX_INIT_TIMEOUT_S", "300"))
   explicit = "MIM_JAX_COORDINATOR" in env
   if not explicit and env.get("MIM_JAX_DISTRIBUTED", "0") != "1":
     return
@@ -34,6 +38,8 @@ def initialize(timeout_s: int = 300) -> None:
                   process_id=int(env["MIM_JAX_PROCESS_ID"]))
     if env.get("MIM_JAX_LOCAL_DEVICE_IDS"):
       kwargs["local_device_ids"] = [int(i) for i in env["MIM_JAX_LOCAL_DEVICE_IDS"].split(",")]
+    if kwargs["process_id"] != 0:
+      _wait_for_coordinator(kwargs["coordinator_address"], timeout_s)
   if env.get("JAX_PLATFORMS", "") == "cpu":
     # CPU processes (tests, CPU clusters) need an explicit cross-process collectives backend.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -47,3 +53,21 @@ def initialize(timeout_s: int = 300) -> None:
         f"VMs and SLURM set MIM_JAX_COORDINATOR=host:port, MIM_JAX_NUM_PROCESSES and MIM_JAX_PROCESS_ID") from error
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
+
+
+def _wait_for_coordinator(address: str, timeout_s: int) -> None:
+  """JAX aborts the process (no Python exception) when its client cannot reach
+  the coordinator, so other processes check the port themselves first."""
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=5).close()
+      return
+    except OSError as error:
+      if time.monotonic() > deadline:
+        raise RuntimeError(
+            f"could not join the distributed job at {address} within {timeout_s}s ({error}). Check that process 0 "
+            f"was started on that host and its port is reachable, or set MIM_JAX_COORDINATOR=host:port, "
+            f"MIM_JAX_NUM_PROCESSES and MIM_JAX_PROCESS_ID correctly") from None
+      time.sleep(1)
