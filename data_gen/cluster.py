@@ -12,8 +12,9 @@ sharded on the device axis over a `data` mesh of the local devices. One Lloyd
 pass scans the chunks: each device computes distances to all centroids for its
 chunk (one matmul), takes the argmin and adds its points into per-device sums;
 after the scan the per-device sums are added (XLA's all-reduce of a (k, d)
-array), so memory is O(chunk_size · k) whatever n is. Everything runs under one
-`jit` with shardings; full-batch training is one `while_loop` on the devices.
+array), so memory is O(chunk_size · k) whatever n is. Training and the final
+assignment are one `jit` each over the sharded points (full-batch training is
+one `while_loop`), compiled once per shape: iterations and tolerance are traced.
 
 Modes: full batch (Lloyd; stops after `iterations`, or earlier when the
 inertia improves by less than `tolerance` relatively) or mini-batch (Sculley
@@ -28,6 +29,7 @@ centroids agree to float32 rounding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -53,7 +55,7 @@ class KMeansConfig:
   init: str = "kmeans++"
   init_sample: int = 65536  # k-means++ seeds from at most this many points
   minibatch: bool = False
-  chunk_size: int = 4096  # points per device per scan step; the per-device mini-batch in mini-batch mode
+  chunk_size: int = 1024  # points per device per scan step; the per-device mini-batch in mini-batch mode
   # How centroid sums are formed: scatter-add (cheap on CPU) or a one-hot matmul (MXU-friendly on TPU/GPU).
   update: str = "auto"
   seed: int = 0
@@ -129,10 +131,10 @@ class _Layout:
     chunk = min(chunk_size, -(-num_points // num_devices))
     return cls(num_points, num_devices, chunk, -(-num_points // (num_devices * chunk)))
 
-  def to_device_order(self, x: np.ndarray, fill=0) -> np.ndarray:
-    """(n, ...) → (chunks, devices, chunk, ...): each device holds a contiguous block of points."""
+  def to_device_order(self, x: np.ndarray) -> np.ndarray:
+    """(n, ...) → (chunks, devices, chunk, ...), zero-padded: each device holds a contiguous block of points."""
     total = self.num_chunks * self.num_devices * self.chunk_size
-    padded = np.full((total, *x.shape[1:]), fill, x.dtype)
+    padded = np.zeros((total, *x.shape[1:]), x.dtype)
     padded[:self.num_points] = x
     blocks = padded.reshape(self.num_devices, self.num_chunks, self.chunk_size, *x.shape[1:])
     return np.ascontiguousarray(np.swapaxes(blocks, 0, 1))
@@ -152,14 +154,13 @@ def _assign_chunk(x_Dcd, w_Dc, centroids_kd, update: str):
   partial_Dck = jnp.sum(centroids_kd * centroids_kd, axis=-1) - 2 * dots_Dck
   assign_Dc = jnp.argmin(partial_Dck, axis=-1).astype(jnp.int32)
   sq_dist_Dc = jnp.maximum(jnp.min(partial_Dck, axis=-1) + jnp.sum(x_Dcd * x_Dcd, axis=-1), 0.0)
-  weighted_Dcd = x_Dcd * w_Dc[..., None]
   if update == "matmul":
     one_hot_Dck = jax.nn.one_hot(assign_Dc, k, dtype=x_Dcd.dtype) * w_Dc[..., None]
     sums_Dkd = jnp.einsum("Dck,Dcd->Dkd", one_hot_Dck, x_Dcd)
     counts_Dk = jnp.sum(one_hot_Dck, axis=1)
   else:
     segment_sum = lambda values, ids: jax.ops.segment_sum(values, ids, num_segments=k)
-    sums_Dkd = jax.vmap(segment_sum)(weighted_Dcd, assign_Dc)
+    sums_Dkd = jax.vmap(segment_sum)(x_Dcd * w_Dc[..., None], assign_Dc)
     counts_Dk = jax.vmap(segment_sum)(w_Dc, assign_Dc)
   return assign_Dc, sq_dist_Dc * w_Dc, sums_Dkd, counts_Dk
 
@@ -181,18 +182,20 @@ def _full_pass(x_mDcd, w_mDc, centroids_kd, update: str, rows: NamedSharding):
   return assign_mDc, jnp.sum(inertia_D), jnp.sum(sums_Dkd, axis=0), jnp.sum(counts_Dk, axis=0)
 
 
-def _lloyd(x_mDcd, w_mDc, centroids_kd, *, iterations: int, tolerance: float, update: str, rows):
+@functools.partial(jax.jit, static_argnames=("update", "per_device"))
+def _train_lloyd(x_mDcd, w_mDc, centroids_kd, iterations, tolerance, *, update: str, per_device: NamedSharding):
+  """Full-batch Lloyd iterations on the devices: (centroids, iterations run). `iterations` and `tolerance`
+  are traced, so one compilation serves every run with the same shapes."""
+
   def cond(state):
     iteration, _, previous, current = state
-    if not tolerance:
-      return iteration < iterations
-    # The first two passes have no previous inertia to compare with.
+    # The first two passes have no previous inertia to compare with; tolerance 0 runs every iteration.
     improving = previous - current > tolerance * previous
-    return (iteration < iterations) & ((iteration < 2) | improving)
+    return (iteration < iterations) & ((tolerance == 0) | (iteration < 2) | improving)
 
   def body(state):
     iteration, centroids, _, current = state
-    _, inertia, sums_kd, counts_k = _full_pass(x_mDcd, w_mDc, centroids, update, rows)
+    _, inertia, sums_kd, counts_k = _full_pass(x_mDcd, w_mDc, centroids, update, per_device)
     updated = jnp.where(counts_k[:, None] > 0, sums_kd / jnp.maximum(counts_k, 1)[:, None], centroids)
     return iteration + 1, updated, current, inertia
 
@@ -201,7 +204,14 @@ def _lloyd(x_mDcd, w_mDc, centroids_kd, *, iterations: int, tolerance: float, up
   return centroids, iteration
 
 
-def _minibatch(x_mDcd, w_mDc, centroids_kd, key, *, steps: int, update: str):
+@functools.partial(jax.jit, static_argnames=("update", "per_device"))
+def _assign_all(x_mDcd, w_mDc, centroids_kd, *, update: str, per_device: NamedSharding):
+  """(assignments (chunks, devices, chunk), summed squared distance)."""
+  return _full_pass(x_mDcd, w_mDc, centroids_kd, update, per_device)[:2]
+
+
+@functools.partial(jax.jit, static_argnames=("update",))
+def _train_minibatch(x_mDcd, w_mDc, centroids_kd, key, steps, *, update: str):
   num_chunks = x_mDcd.shape[0]
 
   def body(step, state):
@@ -218,6 +228,7 @@ def _minibatch(x_mDcd, w_mDc, centroids_kd, key, *, steps: int, update: str):
   return centroids
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _kmeans_plus_plus(sample_sd, num_clusters: int, key):
   """Greedy k-means++ seeding: each step draws 2 + ln(k) candidates with probability ∝ squared distance to
   the centres chosen so far and keeps the one that lowers the total most (plain k-means++ with a single
@@ -251,7 +262,7 @@ def _initial_centroids(x: np.ndarray, cfg: KMeansConfig) -> np.ndarray:
   if len(sample) < cfg.num_clusters:
     raise ValueError(f"kmeans.init_sample ({cfg.init_sample}) must be at least num_clusters ({cfg.num_clusters})")
   key = jax.random.key(cfg.seed)
-  return np.asarray(jax.jit(_kmeans_plus_plus, static_argnums=1)(jnp.asarray(sample), cfg.num_clusters, key))
+  return np.asarray(_kmeans_plus_plus(jnp.asarray(sample), cfg.num_clusters, key))
 
 
 def kmeans(embeddings: np.ndarray, config: KMeansConfig, *, mesh: Mesh | None = None) -> KMeansResult:
@@ -267,24 +278,21 @@ def kmeans(embeddings: np.ndarray, config: KMeansConfig, *, mesh: Mesh | None = 
   rows = NamedSharding(mesh, PartitionSpec(None, "data"))
   per_device = NamedSharding(mesh, PartitionSpec("data"))
   replicated = NamedSharding(mesh, PartitionSpec())
+  # Committed inputs carry their shardings into the jitted functions below.
   x_mDcd = jax.device_put(layout.to_device_order(x[order]), rows)
+  # Weight 1 for every point, 0 for the padding.
   w_mDc = jax.device_put(layout.to_device_order(np.ones(len(x), np.float32)), rows)
   centroids = jax.device_put(_initial_centroids(x, cfg), replicated)
   update = cfg.update if cfg.update != "auto" else ("scatter" if jax.default_backend() == "cpu" else "matmul")
 
   if cfg.minibatch:
-    train = jax.jit(lambda x, w, c, key: (_minibatch(x, w, c, key, steps=cfg.iterations, update=update),
-                                          jnp.int32(cfg.iterations)),
-                    in_shardings=(rows, rows, replicated, replicated), out_shardings=(replicated, replicated))
-    centroids, iterations = train(x_mDcd, w_mDc, centroids, jax.random.key(cfg.seed + 1))
+    centroids = _train_minibatch(x_mDcd, w_mDc, centroids, jax.random.key(cfg.seed + 1), cfg.iterations,
+                                 update=update)
+    iterations = cfg.iterations
   else:
-    train = jax.jit(lambda x, w, c: _lloyd(x, w, c, iterations=cfg.iterations, tolerance=cfg.tolerance,
-                                           update=update, rows=per_device),
-                    in_shardings=(rows, rows, replicated), out_shardings=(replicated, replicated))
-    centroids, iterations = train(x_mDcd, w_mDc, centroids)
-  assign = jax.jit(lambda x, w, c: _full_pass(x, w, c, update, per_device)[:2],
-                   in_shardings=(rows, rows, replicated), out_shardings=(rows, replicated))
-  assign_mDc, total_sq = assign(x_mDcd, w_mDc, centroids)
+    centroids, iterations = _train_lloyd(x_mDcd, w_mDc, centroids, cfg.iterations, cfg.tolerance, update=update,
+                                         per_device=per_device)
+  assign_mDc, total_sq = _assign_all(x_mDcd, w_mDc, centroids, update=update, per_device=per_device)
   assignments = np.empty(len(x), np.int32)
   assignments[order] = layout.to_point_order(np.asarray(assign_mDc))
   return KMeansResult(np.asarray(centroids), assignments, float(total_sq) / len(x), int(iterations), cfg)
