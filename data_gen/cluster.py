@@ -16,8 +16,9 @@ array), so memory is O(chunk_size · k) whatever n is. Training and the final
 assignment are one `jit` each over the sharded points (full-batch training is
 one `while_loop`), compiled once per shape: iterations and tolerance are traced.
 
-Modes: full batch (Lloyd; stops after `iterations`, or earlier when the
-inertia improves by less than `tolerance` relatively) or mini-batch (Sculley
+Modes: full batch (Lloyd; stops after `iterations`, at a fixed point where no
+point changes cluster (exactly the result more iterations would give), or when
+the inertia improves by less than `tolerance` relatively) or mini-batch (Sculley
 2010: each step takes one random chunk per device and moves each centroid by
 its per-centroid learning rate 1 / points-seen). Either ends with a full
 assignment pass. Inits: greedy k-means++ (Arthur & Vassilvitskii 2007) on a seeded
@@ -185,22 +186,28 @@ def _full_pass(x_mDcd, w_mDc, centroids_kd, update: str, rows: NamedSharding):
 @functools.partial(jax.jit, static_argnames=("update", "per_device"))
 def _train_lloyd(x_mDcd, w_mDc, centroids_kd, iterations, tolerance, *, update: str, per_device: NamedSharding):
   """Full-batch Lloyd iterations on the devices: (centroids, iterations run). `iterations` and `tolerance`
-  are traced, so one compilation serves every run with the same shapes."""
+  are traced, so one compilation serves every run with the same shapes.
+
+  Stops at a fixed point: once a pass changes no assignment, the sums and so the centroids repeat exactly,
+  and every further iteration would return the same centroids bit for bit."""
 
   def cond(state):
-    iteration, _, previous, current = state
-    # The first two passes have no previous inertia to compare with; tolerance 0 runs every iteration.
+    iteration, _, previous, current, _, changed = state
+    # The first two passes have no previous inertia to compare with; tolerance 0 disables this test.
     improving = previous - current > tolerance * previous
-    return (iteration < iterations) & ((tolerance == 0) | (iteration < 2) | improving)
+    return (iteration < iterations) & (changed > 0) & ((tolerance == 0) | (iteration < 2) | improving)
 
   def body(state):
-    iteration, centroids, _, current = state
-    _, inertia, sums_kd, counts_k = _full_pass(x_mDcd, w_mDc, centroids, update, per_device)
+    iteration, centroids, _, current, assign_before, _ = state
+    assign_mDc, inertia, sums_kd, counts_k = _full_pass(x_mDcd, w_mDc, centroids, update, per_device)
     updated = jnp.where(counts_k[:, None] > 0, sums_kd / jnp.maximum(counts_k, 1)[:, None], centroids)
-    return iteration + 1, updated, current, inertia
+    changed = jnp.sum(assign_mDc != assign_before)
+    return iteration + 1, updated, current, inertia, assign_mDc, changed
 
   inf = jnp.asarray(jnp.inf, jnp.float32)
-  iteration, centroids, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), centroids_kd, inf, inf))
+  unassigned = jnp.full(x_mDcd.shape[:3], -1, jnp.int32)
+  state = (jnp.int32(0), centroids_kd, inf, inf, unassigned, jnp.int32(1))
+  iteration, centroids, *_ = jax.lax.while_loop(cond, body, state)
   return centroids, iteration
 
 
