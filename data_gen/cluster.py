@@ -242,19 +242,24 @@ def _kmeans_plus_plus(sample_sd, num_clusters: int, key):
   candidate falls into poor local optima far more often)."""
   s = sample_sd.shape[0]
   trials = 2 + int(np.log(num_clusters))
-  sq_dist = lambda c_d: jnp.sum((sample_sd - c_d) ** 2, axis=-1)
+  sample_sq_s = jnp.sum(sample_sd * sample_sd, axis=-1)
+
+  def sq_dist(c_td):  # (t, s) as one matmul rather than a (t, s, d) difference
+    dots_ts = jnp.einsum("td,sd->ts", c_td, sample_sd)
+    return jnp.maximum(sample_sq_s - 2 * dots_ts + jnp.sum(c_td * c_td, axis=-1, keepdims=True), 0.0)
+
   first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, s)
 
   def body(i, state):
     centres, min_sq_s = state
     logits = jnp.where(min_sq_s > 0, jnp.log(jnp.maximum(min_sq_s, 1e-30)), -jnp.inf)
     candidates_t = jax.random.categorical(jax.random.fold_in(key, i), logits, shape=(trials,))
-    min_sq_ts = jnp.minimum(min_sq_s, jax.vmap(sq_dist)(sample_sd[candidates_t]))
+    min_sq_ts = jnp.minimum(min_sq_s, sq_dist(sample_sd[candidates_t]))
     best = jnp.argmin(jnp.sum(min_sq_ts, axis=-1))
     return centres.at[i].set(sample_sd[candidates_t[best]]), min_sq_ts[best]
 
   centres = jnp.zeros((num_clusters, sample_sd.shape[1]), sample_sd.dtype).at[0].set(sample_sd[first])
-  centres, _ = jax.lax.fori_loop(1, num_clusters, body, (centres, sq_dist(sample_sd[first])))
+  centres, _ = jax.lax.fori_loop(1, num_clusters, body, (centres, sq_dist(sample_sd[first][None])[0]))
   return centres
 
 
