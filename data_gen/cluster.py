@@ -12,11 +12,13 @@ sharded on the device axis over a `data` mesh of the local devices. One Lloyd
 pass scans the chunks: each device computes distances to all centroids for its
 chunk (one matmul), takes the argmin and adds its points into per-device sums;
 after the scan the per-device sums are added (XLA's all-reduce of a (k, d)
-array), so memory is O(chunk_size · k) whatever n is. Everything runs under one
-`jit` with shardings; full-batch training is one `while_loop` on the devices.
+array), so memory is O(chunk_size · k) whatever n is. Training and the final
+assignment are one `jit` each over the sharded points (full-batch training is
+one `while_loop`), compiled once per shape: iterations and tolerance are traced.
 
-Modes: full batch (Lloyd; stops after `iterations`, or earlier when the
-inertia improves by less than `tolerance` relatively) or mini-batch (Sculley
+Modes: full batch (Lloyd; stops after `iterations`, at a fixed point where no
+point changes cluster (exactly the result more iterations would give), or when
+the inertia improves by less than `tolerance` relatively) or mini-batch (Sculley
 2010: each step takes one random chunk per device and moves each centroid by
 its per-centroid learning rate 1 / points-seen). Either ends with a full
 assignment pass. Inits: greedy k-means++ (Arthur & Vassilvitskii 2007) on a seeded
@@ -28,6 +30,7 @@ centroids agree to float32 rounding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -53,7 +56,7 @@ class KMeansConfig:
   init: str = "kmeans++"
   init_sample: int = 65536  # k-means++ seeds from at most this many points
   minibatch: bool = False
-  chunk_size: int = 4096  # points per device per scan step; the per-device mini-batch in mini-batch mode
+  chunk_size: int = 1024  # points per device per scan step; the per-device mini-batch in mini-batch mode
   # How centroid sums are formed: scatter-add (cheap on CPU) or a one-hot matmul (MXU-friendly on TPU/GPU).
   update: str = "auto"
   seed: int = 0
@@ -129,10 +132,10 @@ class _Layout:
     chunk = min(chunk_size, -(-num_points // num_devices))
     return cls(num_points, num_devices, chunk, -(-num_points // (num_devices * chunk)))
 
-  def to_device_order(self, x: np.ndarray, fill=0) -> np.ndarray:
-    """(n, ...) → (chunks, devices, chunk, ...): each device holds a contiguous block of points."""
+  def to_device_order(self, x: np.ndarray) -> np.ndarray:
+    """(n, ...) → (chunks, devices, chunk, ...), zero-padded: each device holds a contiguous block of points."""
     total = self.num_chunks * self.num_devices * self.chunk_size
-    padded = np.full((total, *x.shape[1:]), fill, x.dtype)
+    padded = np.zeros((total, *x.shape[1:]), x.dtype)
     padded[:self.num_points] = x
     blocks = padded.reshape(self.num_devices, self.num_chunks, self.chunk_size, *x.shape[1:])
     return np.ascontiguousarray(np.swapaxes(blocks, 0, 1))
@@ -152,14 +155,13 @@ def _assign_chunk(x_Dcd, w_Dc, centroids_kd, update: str):
   partial_Dck = jnp.sum(centroids_kd * centroids_kd, axis=-1) - 2 * dots_Dck
   assign_Dc = jnp.argmin(partial_Dck, axis=-1).astype(jnp.int32)
   sq_dist_Dc = jnp.maximum(jnp.min(partial_Dck, axis=-1) + jnp.sum(x_Dcd * x_Dcd, axis=-1), 0.0)
-  weighted_Dcd = x_Dcd * w_Dc[..., None]
   if update == "matmul":
     one_hot_Dck = jax.nn.one_hot(assign_Dc, k, dtype=x_Dcd.dtype) * w_Dc[..., None]
     sums_Dkd = jnp.einsum("Dck,Dcd->Dkd", one_hot_Dck, x_Dcd)
     counts_Dk = jnp.sum(one_hot_Dck, axis=1)
   else:
     segment_sum = lambda values, ids: jax.ops.segment_sum(values, ids, num_segments=k)
-    sums_Dkd = jax.vmap(segment_sum)(weighted_Dcd, assign_Dc)
+    sums_Dkd = jax.vmap(segment_sum)(x_Dcd * w_Dc[..., None], assign_Dc)
     counts_Dk = jax.vmap(segment_sum)(w_Dc, assign_Dc)
   return assign_Dc, sq_dist_Dc * w_Dc, sums_Dkd, counts_Dk
 
@@ -181,27 +183,42 @@ def _full_pass(x_mDcd, w_mDc, centroids_kd, update: str, rows: NamedSharding):
   return assign_mDc, jnp.sum(inertia_D), jnp.sum(sums_Dkd, axis=0), jnp.sum(counts_Dk, axis=0)
 
 
-def _lloyd(x_mDcd, w_mDc, centroids_kd, *, iterations: int, tolerance: float, update: str, rows):
+@functools.partial(jax.jit, static_argnames=("update", "per_device"))
+def _train_lloyd(x_mDcd, w_mDc, centroids_kd, iterations, tolerance, *, update: str, per_device: NamedSharding):
+  """Full-batch Lloyd iterations on the devices: (centroids, iterations run). `iterations` and `tolerance`
+  are traced, so one compilation serves every run with the same shapes.
+
+  Stops at a fixed point: once a pass changes no assignment, the sums and so the centroids repeat exactly,
+  and every further iteration would return the same centroids bit for bit."""
+
   def cond(state):
-    iteration, _, previous, current = state
-    if not tolerance:
-      return iteration < iterations
-    # The first two passes have no previous inertia to compare with.
+    iteration, _, previous, current, _, changed = state
+    # The first two passes have no previous inertia to compare with; tolerance 0 disables this test.
     improving = previous - current > tolerance * previous
-    return (iteration < iterations) & ((iteration < 2) | improving)
+    return (iteration < iterations) & (changed > 0) & ((tolerance == 0) | (iteration < 2) | improving)
 
   def body(state):
-    iteration, centroids, _, current = state
-    _, inertia, sums_kd, counts_k = _full_pass(x_mDcd, w_mDc, centroids, update, rows)
+    iteration, centroids, _, current, assign_before, _ = state
+    assign_mDc, inertia, sums_kd, counts_k = _full_pass(x_mDcd, w_mDc, centroids, update, per_device)
     updated = jnp.where(counts_k[:, None] > 0, sums_kd / jnp.maximum(counts_k, 1)[:, None], centroids)
-    return iteration + 1, updated, current, inertia
+    changed = jnp.sum(assign_mDc != assign_before)
+    return iteration + 1, updated, current, inertia, assign_mDc, changed
 
   inf = jnp.asarray(jnp.inf, jnp.float32)
-  iteration, centroids, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), centroids_kd, inf, inf))
+  unassigned = jnp.full(x_mDcd.shape[:3], -1, jnp.int32)
+  state = (jnp.int32(0), centroids_kd, inf, inf, unassigned, jnp.int32(1))
+  iteration, centroids, *_ = jax.lax.while_loop(cond, body, state)
   return centroids, iteration
 
 
-def _minibatch(x_mDcd, w_mDc, centroids_kd, key, *, steps: int, update: str):
+@functools.partial(jax.jit, static_argnames=("update", "per_device"))
+def _assign_all(x_mDcd, w_mDc, centroids_kd, *, update: str, per_device: NamedSharding):
+  """(assignments (chunks, devices, chunk), summed squared distance)."""
+  return _full_pass(x_mDcd, w_mDc, centroids_kd, update, per_device)[:2]
+
+
+@functools.partial(jax.jit, static_argnames=("update",))
+def _train_minibatch(x_mDcd, w_mDc, centroids_kd, key, steps, *, update: str):
   num_chunks = x_mDcd.shape[0]
 
   def body(step, state):
@@ -218,25 +235,31 @@ def _minibatch(x_mDcd, w_mDc, centroids_kd, key, *, steps: int, update: str):
   return centroids
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _kmeans_plus_plus(sample_sd, num_clusters: int, key):
   """Greedy k-means++ seeding: each step draws 2 + ln(k) candidates with probability ∝ squared distance to
   the centres chosen so far and keeps the one that lowers the total most (plain k-means++ with a single
   candidate falls into poor local optima far more often)."""
   s = sample_sd.shape[0]
   trials = 2 + int(np.log(num_clusters))
-  sq_dist = lambda c_d: jnp.sum((sample_sd - c_d) ** 2, axis=-1)
+  sample_sq_s = jnp.sum(sample_sd * sample_sd, axis=-1)
+
+  def sq_dist(c_td):  # (t, s) as one matmul rather than a (t, s, d) difference
+    dots_ts = jnp.einsum("td,sd->ts", c_td, sample_sd)
+    return jnp.maximum(sample_sq_s - 2 * dots_ts + jnp.sum(c_td * c_td, axis=-1, keepdims=True), 0.0)
+
   first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, s)
 
   def body(i, state):
     centres, min_sq_s = state
     logits = jnp.where(min_sq_s > 0, jnp.log(jnp.maximum(min_sq_s, 1e-30)), -jnp.inf)
     candidates_t = jax.random.categorical(jax.random.fold_in(key, i), logits, shape=(trials,))
-    min_sq_ts = jnp.minimum(min_sq_s, jax.vmap(sq_dist)(sample_sd[candidates_t]))
+    min_sq_ts = jnp.minimum(min_sq_s, sq_dist(sample_sd[candidates_t]))
     best = jnp.argmin(jnp.sum(min_sq_ts, axis=-1))
     return centres.at[i].set(sample_sd[candidates_t[best]]), min_sq_ts[best]
 
   centres = jnp.zeros((num_clusters, sample_sd.shape[1]), sample_sd.dtype).at[0].set(sample_sd[first])
-  centres, _ = jax.lax.fori_loop(1, num_clusters, body, (centres, sq_dist(sample_sd[first])))
+  centres, _ = jax.lax.fori_loop(1, num_clusters, body, (centres, sq_dist(sample_sd[first][None])[0]))
   return centres
 
 
@@ -251,7 +274,7 @@ def _initial_centroids(x: np.ndarray, cfg: KMeansConfig) -> np.ndarray:
   if len(sample) < cfg.num_clusters:
     raise ValueError(f"kmeans.init_sample ({cfg.init_sample}) must be at least num_clusters ({cfg.num_clusters})")
   key = jax.random.key(cfg.seed)
-  return np.asarray(jax.jit(_kmeans_plus_plus, static_argnums=1)(jnp.asarray(sample), cfg.num_clusters, key))
+  return np.asarray(_kmeans_plus_plus(jnp.asarray(sample), cfg.num_clusters, key))
 
 
 def kmeans(embeddings: np.ndarray, config: KMeansConfig, *, mesh: Mesh | None = None) -> KMeansResult:
@@ -267,24 +290,21 @@ def kmeans(embeddings: np.ndarray, config: KMeansConfig, *, mesh: Mesh | None = 
   rows = NamedSharding(mesh, PartitionSpec(None, "data"))
   per_device = NamedSharding(mesh, PartitionSpec("data"))
   replicated = NamedSharding(mesh, PartitionSpec())
+  # Committed inputs carry their shardings into the jitted functions below.
   x_mDcd = jax.device_put(layout.to_device_order(x[order]), rows)
+  # Weight 1 for every point, 0 for the padding.
   w_mDc = jax.device_put(layout.to_device_order(np.ones(len(x), np.float32)), rows)
   centroids = jax.device_put(_initial_centroids(x, cfg), replicated)
   update = cfg.update if cfg.update != "auto" else ("scatter" if jax.default_backend() == "cpu" else "matmul")
 
   if cfg.minibatch:
-    train = jax.jit(lambda x, w, c, key: (_minibatch(x, w, c, key, steps=cfg.iterations, update=update),
-                                          jnp.int32(cfg.iterations)),
-                    in_shardings=(rows, rows, replicated, replicated), out_shardings=(replicated, replicated))
-    centroids, iterations = train(x_mDcd, w_mDc, centroids, jax.random.key(cfg.seed + 1))
+    centroids = _train_minibatch(x_mDcd, w_mDc, centroids, jax.random.key(cfg.seed + 1), cfg.iterations,
+                                 update=update)
+    iterations = cfg.iterations
   else:
-    train = jax.jit(lambda x, w, c: _lloyd(x, w, c, iterations=cfg.iterations, tolerance=cfg.tolerance,
-                                           update=update, rows=per_device),
-                    in_shardings=(rows, rows, replicated), out_shardings=(replicated, replicated))
-    centroids, iterations = train(x_mDcd, w_mDc, centroids)
-  assign = jax.jit(lambda x, w, c: _full_pass(x, w, c, update, per_device)[:2],
-                   in_shardings=(rows, rows, replicated), out_shardings=(rows, replicated))
-  assign_mDc, total_sq = assign(x_mDcd, w_mDc, centroids)
+    centroids, iterations = _train_lloyd(x_mDcd, w_mDc, centroids, cfg.iterations, cfg.tolerance, update=update,
+                                         per_device=per_device)
+  assign_mDc, total_sq = _assign_all(x_mDcd, w_mDc, centroids, update=update, per_device=per_device)
   assignments = np.empty(len(x), np.int32)
   assignments[order] = layout.to_point_order(np.asarray(assign_mDc))
   return KMeansResult(np.asarray(centroids), assignments, float(total_sq) / len(x), int(iterations), cfg)

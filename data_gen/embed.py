@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -122,6 +123,8 @@ class ClipScorer:
       if image.shape != (size, size, 3):
         raise ValueError(f"a float image must be preprocessed to ({size}, {size}, 3), got {image.shape}")
       return image.astype(np.float32)
+    if not isinstance(image, (Image.Image, np.ndarray)):
+      raise TypeError(f"an image must be a PIL image, an array or a path, got {type(image).__name__}")
     return preprocess_clip_image(image, size)
 
   def _token_rows(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -158,17 +161,14 @@ class ClipScorer:
   # ------------------------------------------------------------------------- API
 
   def score_pairs(self, pairs: Iterable[tuple[ImageInput, str]], *, progress: bool = False) -> ScoredPairs:
-    """Scores and image embeddings for every (image, caption) pair, in order."""
-    pairs = list(pairs)
-    n, p = len(pairs), self.config.projection_dim
-    scores, embeds = np.full(n, np.nan, np.float32), np.full((n, p), np.nan, np.float32)
+    """Scores and image embeddings for every (image, caption) pair, in order. `pairs` is consumed one batch
+    at a time, so a generator of file paths never holds more than two batches of images."""
     problems: collections.Counter = collections.Counter()
     truncated = 0
 
     def dispatch():
       nonlocal truncated
-      for start in tqdm(range(0, n, self.batch_size), desc="CLIP score", disable=not progress, unit="batch"):
-        chunk = pairs[start:start + self.batch_size]
+      for chunk in self._batches(pairs, progress, "CLIP score"):
         pixels, ok = self._prepare([image for image, _ in chunk], problems)
         is_text = np.array([isinstance(caption, str) for _, caption in chunk])
         problems["caption not text"] += int(np.sum(ok & ~is_text))
@@ -176,33 +176,49 @@ class ClipScorer:
         captions = [caption if usable else "" for (_, caption), usable in zip(chunk, ok)]
         ids, mask, chunk_truncated = self._token_rows(captions + [""] * (self.batch_size - len(chunk)))
         truncated += chunk_truncated
-        yield start, ok, self._score(self.params, *(jax.device_put(x, self._rows) for x in (pixels, ids, mask)))
+        yield ok, self._score(self.params, *(jax.device_put(x, self._rows) for x in (pixels, ids, mask)))
 
-    for start, ok, (batch_scores, batch_embeds) in _one_behind(dispatch()):
-      rows = start + np.flatnonzero(ok)
-      scores[rows] = np.asarray(batch_scores)[:len(ok)][ok]
-      embeds[rows] = np.asarray(batch_embeds)[:len(ok)][ok]
+    scores, embeds = [], []
+    for ok, (batch_scores, batch_embeds) in _one_behind(dispatch()):
+      scores.append(_rows_or_nan(batch_scores, ok))
+      embeds.append(_rows_or_nan(batch_embeds, ok))
+    scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    embeds = np.concatenate(embeds) if embeds else np.zeros((0, self.config.projection_dim), np.float32)
     keep = np.nan_to_num(scores, nan=-np.inf) >= self.min_score
     return ScoredPairs(scores, embeds, keep, +problems, truncated)
 
   def embed_images(self, images: Iterable[ImageInput], *,
                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, collections.Counter]:
     """(unit image embeddings with NaN rows for bad images, usable mask, problems by reason)."""
-    images = list(images)
-    embeds = np.full((len(images), self.config.projection_dim), np.nan, np.float32)
-    usable = np.zeros(len(images), bool)
     problems: collections.Counter = collections.Counter()
 
     def dispatch():
-      for start in tqdm(range(0, len(images), self.batch_size), desc="CLIP embed", disable=not progress,
-                        unit="batch"):
-        pixels, ok = self._prepare(images[start:start + self.batch_size], problems)
-        yield start, ok, self._embed(self.params, jax.device_put(pixels, self._rows))
+      for chunk in self._batches(images, progress, "CLIP embed"):
+        pixels, ok = self._prepare(chunk, problems)
+        yield ok, self._embed(self.params, jax.device_put(pixels, self._rows))
 
-    for start, ok, batch_embeds in _one_behind(dispatch()):
-      embeds[start + np.flatnonzero(ok)] = np.asarray(batch_embeds)[:len(ok)][ok]
-      usable[start:start + len(ok)] = ok
-    return embeds, usable, +problems
+    embeds, usable = [], []
+    for ok, batch_embeds in _one_behind(dispatch()):
+      embeds.append(_rows_or_nan(batch_embeds, ok))
+      usable.append(ok)
+    if not embeds:
+      return np.zeros((0, self.config.projection_dim), np.float32), np.zeros(0, bool), problems
+    return np.concatenate(embeds), np.concatenate(usable), +problems
+
+  def _batches(self, items: Iterable, progress: bool, description: str):
+    total = -(-len(items) // self.batch_size) if hasattr(items, "__len__") else None
+    iterator = iter(items)
+    with tqdm(total=total, desc=description, disable=not progress, unit="batch") as bar:
+      while chunk := list(itertools.islice(iterator, self.batch_size)):
+        yield chunk
+        bar.update()
+
+
+def _rows_or_nan(batch: jax.Array, ok: np.ndarray) -> np.ndarray:
+  """The batch's first len(ok) rows as float32 numpy, NaN where the record was bad."""
+  rows = np.asarray(batch, np.float32)[:len(ok)].copy()
+  rows[~ok] = np.nan
+  return rows
 
 
 def _one_behind(items: Iterable):

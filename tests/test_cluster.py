@@ -1,4 +1,5 @@
 """data_gen.cluster: k-means finds known clusters, sharded equals unsharded, bad input is refused."""
+import dataclasses
 import json
 
 import jax
@@ -75,12 +76,21 @@ def test_random_init_and_both_updates_agree():
   assert len(np.unique(scatter.assignments)) == 5
 
 
-def test_tolerance_stops_early():
-  x, _ = blobs(seed=5)
-  full = kmeans(x, KMeansConfig(num_clusters=8, iterations=50, chunk_size=64))
-  early = kmeans(x, KMeansConfig(num_clusters=8, iterations=50, tolerance=1e-3, chunk_size=64))
-  assert full.iterations == 50 and 2 <= early.iterations < 50
-  assert early.inertia == pytest.approx(full.inertia, rel=1e-2)
+def test_stops_at_the_fixed_point_or_tolerance():
+  x, _ = blobs(n=2000, k=40, noise=0.6, seed=5)
+  cfg = KMeansConfig(num_clusters=40, iterations=100, init="random", chunk_size=64)
+  converged = kmeans(x, cfg)
+  assert 3 < converged.iterations < 100
+  # Stopping at the fixed point is exact: a budget of more iterations gives the same result.
+  longer = kmeans(x, dataclasses.replace(cfg, iterations=converged.iterations + 5))
+  np.testing.assert_array_equal(longer.centroids, converged.centroids)
+  assert longer.iterations == converged.iterations
+  # The last iteration only found that nothing changed; the one before it still moved points.
+  shorter = kmeans(x, dataclasses.replace(cfg, iterations=converged.iterations - 2))
+  assert shorter.iterations == converged.iterations - 2 and shorter.inertia > converged.inertia
+  early = kmeans(x, dataclasses.replace(cfg, tolerance=0.05))
+  assert 2 <= early.iterations < converged.iterations
+  assert early.inertia == pytest.approx(converged.inertia, rel=0.1)
 
 
 def test_keep_clusters_and_persistence(tmp_path):

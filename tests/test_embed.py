@@ -76,12 +76,12 @@ def test_bad_records_are_counted_and_skipped(hf_dir, tmp_path):
   saved = tmp_path / "good.png"
   good[2].save(saved)
   pairs = [(good[0], "the cat"), (tmp_path / "missing.jpg", "a dog"), (corrupt, "a fox"),
-           (np.zeros((5, 5), np.float32), "wrong shape"), (good[1], None), (saved, "an apple")]
+           (np.zeros((5, 5), np.float32), "wrong shape"), (good[1], None), (saved, "an apple"), (None, "no image")]
   scorer = ClipScorer.from_pretrained(directory, batch_size=8, min_score=-100.0)
   result = scorer.score_pairs(pairs)
-  assert dict(result.problems) == {"image file missing": 1, "image not decodable": 1, "image unusable": 1,
+  assert dict(result.problems) == {"image file missing": 1, "image not decodable": 1, "image unusable": 2,
                                    "caption not text": 1}
-  assert result.keep.tolist() == [True, False, False, False, False, True]
+  assert result.keep.tolist() == [True, False, False, False, False, True, False]
   assert np.isnan(result.scores[1:5]).all() and np.isnan(result.image_embeds[1:5]).all()
   clean = scorer.score_pairs([pairs[0], (good[2], "an apple")])
   np.testing.assert_allclose(result.scores[[0, 5]], clean.scores, atol=1e-5)

@@ -26,7 +26,6 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
-import numpy as np
 
 from mim_jax.convert.safetensors_io import CheckpointReader
 from mim_jax.convert.table import Entry, load_layered, read_config_json, read_tensor, shapes_of, transpose
@@ -189,7 +188,9 @@ def load_hf_clip(directory: str | os.PathLike, **tower_overrides) -> tuple[ClipC
   return cfg, params
 
 
-def _has_projection(hf: Mapping[str, Any], reader: CheckpointReader, projection: Entry, plain_architecture: str) -> bool:
+def _has_projection(hf: Mapping[str, Any], reader: CheckpointReader, projection: Entry,
+                    plain_architecture: str) -> bool:
+  """From config.json's architectures (`plain_architecture` has none), else from the tensors."""
   architectures = hf.get("architectures") or []
   if architectures:
     return plain_architecture not in architectures
@@ -201,8 +202,8 @@ def load_hf_clip_text(directory: str | os.PathLike, **overrides) -> tuple[ClipTe
   hf, source = _read_hf_config(directory, ("clip_text_model", "clip"), "load_hf_clip_text")
   reader = CheckpointReader(directory)
   if hf["model_type"] == "clip":
-    cfg = text_config_from_hf(hf.get("text_config") or {}, projection_dim=hf.get("projection_dim", _CLIP_PROJECTION_DIM),
-                              source=source, **overrides)
+    projection_dim = hf.get("projection_dim", _CLIP_PROJECTION_DIM)
+    cfg = text_config_from_hf(hf.get("text_config") or {}, projection_dim=projection_dim, source=source, **overrides)
   else:
     with_projection = _has_projection(hf, reader, TEXT_PROJECTION, "CLIPTextModel")
     cfg = text_config_from_hf(hf, projection_dim=None if with_projection else 0, source=source, **overrides)
@@ -214,8 +215,8 @@ def load_hf_clip_vision(directory: str | os.PathLike, **overrides) -> tuple[Clip
   hf, source = _read_hf_config(directory, ("clip_vision_model", "clip"), "load_hf_clip_vision")
   reader = CheckpointReader(directory)
   if hf["model_type"] == "clip":
-    cfg = vision_config_from_hf(hf.get("vision_config") or {},
-                                projection_dim=hf.get("projection_dim", _CLIP_PROJECTION_DIM), source=source,
+    projection_dim = hf.get("projection_dim", _CLIP_PROJECTION_DIM)
+    cfg = vision_config_from_hf(hf.get("vision_config") or {}, projection_dim=projection_dim, source=source,
                                 **overrides)
   else:
     with_projection = _has_projection(hf, reader, VISION_PROJECTION, "CLIPVisionModel")
