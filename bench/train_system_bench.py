@@ -149,7 +149,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     lines = [line for line in SAMPLE_TEXT.read_text().splitlines() if line.strip()]
-    tok = Tokenizer.load(train_sentencepiece(lines, tmp / "tok", vocab_size=297))
+    tok = Tokenizer.load(train_sentencepiece(lines, tmp / "tok", vocab_size=509))
     print(f"\n{os.cpu_count()} cores; input pipeline vs train step, examples/s per process\n")
     print(row("shapes", "pipeline ex/s", "model", "train step ex/s (s/step)", "pipeline ÷ step"))
     print(row("---", "---", "---", "---", "---"))
