@@ -59,3 +59,28 @@ def tiny_hf_blip2(directory, seed=0):
   model = randomize_blip2_(transformers.Blip2ForConditionalGeneration(transformers.Blip2Config(**TINY_BLIP2)), seed)
   model.save_pretrained(directory)
   return model
+
+
+# A tiny MIM and its tokenizer, for generation and chat tests.
+MIM_TEXT = [f"a photo of {n} {a} on a {b} and here is one more" for n in range(30)
+            for a, b in [("cats", "sofa"), ("dogs", "chair"), ("birds", "fence")]]
+
+
+def tiny_mim_tokenizer(directory):
+  from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece
+
+  return Tokenizer.load(train_sentencepiece(MIM_TEXT, directory, vocab_size=300))
+
+
+def tiny_mim_config(tokenizer, medium=None):
+  """LLM width 32, 4 image tokens per image, 28-pixel images."""
+  from mim_jax.models.eva_vit import VisionConfig
+  from mim_jax.models.image_medium import MediumConfig
+  from mim_jax.models.llama_config import LlamaConfig
+  from mim_jax.models.mim import MIMConfig
+  from mim_jax.models.qformer import QFormerConfig
+
+  llm = LlamaConfig(vocab_size=tokenizer.vocab_size, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=8, mlp_dim=48, init_std=0.3)
+  return MIMConfig(llm, VisionConfig.preset("tiny"), QFormerConfig.preset("tiny", init_std=0.3),
+                   medium or MediumConfig())
