@@ -6,16 +6,15 @@ import pytest
 import jax
 from PIL import Image
 
-from helpers import tiny_mim_config, tiny_mim_tokenizer
+from helpers import bigram_mim_params, last_prompt_token, text_ids, tiny_mim_config, tiny_mim_tokenizer
 from mim_jax.data.conversation import Conversation, Turn
 from mim_jax.data.features import FeatureConfig, build_features
 from mim_jax.data.images import preprocess_image
 from mim_jax.infer import mim_decode
 from mim_jax.infer.generate import SamplingConfig
 from mim_jax.infer.mim_decode import TurnLimits
-from mim_jax.infer.mim_generate import GeneratedImage, MIMGenerator
+from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderRenderer
-from mim_jax.models.mim import init_params
 
 USER_IMAGE = Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 30, 3), np.uint8))
 PROMPT = Conversation((Turn("user", "compare <image> with a photo of cats", ("u.png",), ()),))
@@ -26,47 +25,6 @@ def tokenizer(tmp_path_factory):
   return tiny_mim_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
-def _words(tokenizer):
-  """Four distinct text ids (d1, d2, t1, t2), none the prompt's last."""
-  last = tokenizer.encode("[/INST]")[-1]
-  ids = [i for i in dict.fromkeys(tokenizer.encode("cats sofa dogs chair")) if i != last]
-  return ids[:4]
-
-
-def _last_prompt_token(tokenizer, cfg):
-  features = build_features(PROMPT, tokenizer, FeatureConfig(max_len=64, num_image_tokens=cfg.num_image_tokens,
-                                                             caption_branches=False))
-  return int(features.tokens[features.main_length - 1])
-
-
-def bigram_params(cfg, tokenizer, seed=0):
-  """A random MIM whose next token is (almost only) a function of its input:
-  [/INST] → <start> d1 d2 <end>; an image's embeddings → t1 t2 → <start>, or
-  </s> when no image is left. Layers still add a little, so attention (and a
-  wrong mask) would show in the cache."""
-  d1, d2, t1, t2 = _words(tokenizer)
-  ids = tokenizer
-  chain = {_last_prompt_token(tokenizer, cfg): ids.start_id, ids.start_id: d1, d1: d2, d2: ids.end_id,
-           ids.image_id: t1, t1: t2, t2: ids.start_id}
-  params = jax.device_get(init_params(cfg, jax.random.key(seed)))
-  llm = params["llm"]
-  members = sorted(chain)
-  basis, _ = np.linalg.qr(np.random.RandomState(seed).randn(cfg.llm.embed_dim, len(members)))
-  embedding = np.array(llm["embedding"])
-  embedding[members] = basis.T
-  head = np.zeros_like(llm["lm_head"])
-  for current, following in chain.items():
-    head[:, following] += 10 * embedding[current]
-  head[:, ids.eos_id] += 5 * embedding[t2]  # second choice after t2
-  llm["embedding"], llm["lm_head"] = embedding, head
-  for layer, name in (("attn", "o_kernel"), ("mlp", "down_kernel")):
-    llm["layers"][layer][name] = 0.03 * llm["layers"][layer][name]
-  projection = params["image_encoder"]["projection"]
-  projection["kernel"] = 0.03 * projection["kernel"]
-  projection["bias"] = embedding[ids.image_id].copy()  # images read as `<image>`, plus a pixel-dependent bit
-  return params
-
-
 def _generator(tokenizer, cfg, params, max_new_tokens=40, **limits):
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eos_id,))
   return MIMGenerator(cfg, params, tokenizer, PlaceholderRenderer(), sampling=sampling, limits=TurnLimits(**limits),
@@ -75,12 +33,11 @@ def _generator(tokenizer, cfg, params, max_new_tokens=40, **limits):
 
 def test_turn_interleaves_text_and_images_and_cache_equals_fresh_prefill(tokenizer):
   cfg = tiny_mim_config(tokenizer)
-  params = bigram_params(cfg, tokenizer)
+  params = bigram_mim_params(cfg, tokenizer)
   generator = _generator(tokenizer, cfg, params, max_images=2)
-  state, rendered = generator.decode([PROMPT], [[USER_IMAGE]])
-  turn = generator.generate([PROMPT], [[USER_IMAGE]])[0]
+  [turn], state = generator.run([PROMPT], [[USER_IMAGE]])
 
-  d1, d2, t1, t2 = _words(tokenizer)
+  d1, d2, t1, t2 = text_ids(tokenizer)
   ids = tokenizer
   run = [ids.start_id, d1, d2, ids.end_id, t1, t2]
   assert turn.token_ids == run + run + [ids.eos_id] and turn.finish_reason == "stop"
@@ -96,7 +53,7 @@ def test_turn_interleaves_text_and_images_and_cache_equals_fresh_prefill(tokeniz
   prompt = features.tokens[:features.main_length].tolist()
   sequence = prompt + [ids.image_id] * k + [t1, t2] + [ids.image_id] * k + [t1, t2, ids.eos_id]
   starts = [int(features.image_starts[0]), len(prompt), len(prompt) + k + 2]
-  images = [USER_IMAGE] + [image.image for image in rendered[0]]
+  images = [USER_IMAGE] + [image.image for image in turn.images]
   pixels = np.stack([preprocess_image(image, cfg.vision.image_size) for image in images])
   t = len(sequence)
   fresh = mim_decode.prefill(
@@ -120,9 +77,9 @@ def test_turn_interleaves_text_and_images_and_cache_equals_fresh_prefill(tokeniz
 ])
 def test_limits(tokenizer, limits, max_new_tokens, expected, reason):
   cfg = tiny_mim_config(tokenizer)
-  generator = _generator(tokenizer, cfg, bigram_params(cfg, tokenizer), max_new_tokens, **limits)
+  generator = _generator(tokenizer, cfg, bigram_mim_params(cfg, tokenizer), max_new_tokens, **limits)
   turn = generator.generate([PROMPT], [[USER_IMAGE]])[0]
-  d1, d2, t1, t2 = _words(tokenizer)
+  d1, d2, t1, t2 = text_ids(tokenizer)
   names = {"start": tokenizer.start_id, "end": tokenizer.end_id, "eos": tokenizer.eos_id, "d1": d1, "d2": d2,
            "t1": t1, "t2": t2}
   words = expected.replace("run", "start d1 d2 end t1 t2").split()
@@ -133,7 +90,34 @@ def test_limits(tokenizer, limits, max_new_tokens, expected, reason):
 
 def test_no_images_allowed_never_opens_one(tokenizer):
   cfg = tiny_mim_config(tokenizer)
-  generator = _generator(tokenizer, cfg, bigram_params(cfg, tokenizer), 12, max_images=0)
+  generator = _generator(tokenizer, cfg, bigram_mim_params(cfg, tokenizer), 12, max_images=0)
   turn = generator.generate([PROMPT], [[USER_IMAGE]])[0]
   assert tokenizer.start_id not in turn.token_ids and not turn.images
   assert not {tokenizer.end_id, tokenizer.image_id, tokenizer.bos_id} & set(turn.token_ids)
+
+
+def test_batch_equals_rows_when_rows_render_at_different_barriers(tokenizer):
+  cfg = tiny_mim_config(tokenizer)
+  params = bigram_mim_params(cfg, tokenizer)
+  d1, d2, t1, t2 = text_ids(tokenizer)
+  # After [/INST], <start> and t1 now tie in the bigram; each prompt's own
+  # context (attention) decides, so rows open their images at different steps.
+  embedding = params["llm"]["embedding"]
+  params["llm"]["lm_head"][:, t1] += 10 * embedding[last_prompt_token(tokenizer, cfg)]
+  prompts = [PROMPT, Conversation((Turn("user", "a photo of dogs"),)), Conversation((Turn("user", "birds on a fence"),))]
+  images = [[USER_IMAGE], [], []]
+  generator = _generator(tokenizer, cfg, params, max_images=2)
+  batch, batch_state = generator.run(prompts, images)
+  firsts = {turn.token_ids[0] for turn in batch}
+  assert firsts == {tokenizer.start_id, t1}  # one row was mid-text (or mid-description) at another's barrier
+  for row, (prompt, row_images) in enumerate(zip(prompts, images)):
+    [single], single_state = generator.run([prompt], [row_images])
+    assert batch[row].token_ids == single.token_ids and len(single.images) == 2
+    for a, b in zip(batch[row].images, single.images):
+      assert a.description == b.description and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    valid = np.asarray(batch_state.cache.valid_bs[row])
+    single_valid = np.asarray(single_state.cache.valid_bs[0])
+    assert valid.sum() == single_valid.sum()
+    for got, expected in ((batch_state.cache.k_lbskh, single_state.cache.k_lbskh),
+                          (batch_state.cache.v_lbskh, single_state.cache.v_lbskh)):
+      np.testing.assert_allclose(np.asarray(got)[:, row, valid], np.asarray(expected)[:, 0, single_valid], atol=2e-5)

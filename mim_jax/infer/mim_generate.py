@@ -90,13 +90,11 @@ class MIMGenerator:
     """The next assistant turn of each conversation (each must end with a user
     turn). `images[b]` are conversation b's images in order of appearance;
     by default they are loaded from the turns' image_list paths."""
-    state, rendered = self.decode(conversations, images, rng)
-    tokens_bn, count_b = np.asarray(state.tokens_bn), np.asarray(state.count_b)
-    return [self._turn(tokens_bn[row, :count_b[row]].tolist(), rendered[row]) for row in range(len(conversations))]
+    return self.run(conversations, images, rng)[0]
 
-  def decode(self, conversations: Sequence[Conversation], images: Sequence[Sequence[Image.Image]] | None = None,
-             rng: jax.Array | None = None) -> tuple[mim_decode.DecodeState, list[list[GeneratedImage]]]:
-    """`generate` before parsing: the final decode state and each row's images."""
+  def run(self, conversations: Sequence[Conversation], images: Sequence[Sequence[Image.Image]] | None = None,
+          rng: jax.Array | None = None) -> tuple[list[GeneratedTurn], mim_decode.DecodeState]:
+    """`generate`, also returning the final decode state (its KV cache)."""
     if images is None:
       images = [[load_image(path) for path in conversation.images] for conversation in conversations]
     arrays = self._prompt_arrays(conversations, images)
@@ -123,7 +121,9 @@ class MIMGenerator:
         pixels_bhwc[row] = preprocess_image(generated.image, size)
         rendered[row].append(generated)
       state = mim_decode.insert_images(self.params, state, pixels_bhwc, config=self.config, sampling=self.sampling)
-    return state, rendered
+    tokens_bn, count_b = np.asarray(state.tokens_bn), np.asarray(state.count_b)
+    turns = [self._turn(tokens_bn[row, :count_b[row]].tolist(), rendered[row]) for row in range(len(conversations))]
+    return turns, state
 
   def _render(self, state, ready_rows: np.ndarray) -> list[GeneratedImage]:
     if self.config.medium.kind == "qformer":
