@@ -34,9 +34,10 @@ def photo(tmp_path):
 
 def _session(model, output_dir):
   tokenizer, cfg, params = model
-  sampling = SamplingConfig(max_new_tokens=24, stop_ids=(tokenizer.eos_id,))
+  # The same shapes as test_mim_generate's, so the compiled programs are shared.
+  sampling = SamplingConfig(max_new_tokens=40, stop_ids=(tokenizer.eos_id,))
   generator = MIMGenerator(cfg, params, tokenizer, PlaceholderRenderer(), sampling=sampling,
-                           limits=TurnLimits(max_images=1), length_bucket=32)
+                           limits=TurnLimits(max_images=1))
   return ChatSession(generator, output_dir)
 
 
@@ -93,7 +94,7 @@ def test_cli_chats_over_stdin_with_a_saved_checkpoint(model, tmp_path, photo):
   stdin = io.StringIO(f"/image {photo}\nwhat is this\n/image {tmp_path / 'nope.png'}\nhello\n/reset\nhi\n/quit\nignored\n")
   stdout = io.StringIO()
   code = chat_cli.main(["--checkpoint", str(tmp_path / "ckpt"), "--renderer=placeholder", "--output",
-                        str(tmp_path / "out"), "--max-new-tokens", "24", "--images-per-turn", "1"], stdin, stdout)
+                        str(tmp_path / "out"), "--max-new-tokens", "40", "--images-per-turn", "1"], stdin, stdout)
   lines = stdout.getvalue().splitlines()
   assert code == 0
   images = [line for line in lines if line.startswith("[image: ")]

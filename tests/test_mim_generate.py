@@ -27,8 +27,7 @@ def tokenizer(tmp_path_factory):
 
 def _generator(tokenizer, cfg, params, max_new_tokens=40, **limits):
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eos_id,))
-  return MIMGenerator(cfg, params, tokenizer, PlaceholderRenderer(), sampling=sampling, limits=TurnLimits(**limits),
-                      length_bucket=16)
+  return MIMGenerator(cfg, params, tokenizer, PlaceholderRenderer(), sampling=sampling, limits=TurnLimits(**limits))
 
 
 def test_turn_interleaves_text_and_images_and_cache_equals_fresh_prefill(tokenizer):
@@ -58,7 +57,7 @@ def test_turn_interleaves_text_and_images_and_cache_equals_fresh_prefill(tokeniz
   t = len(sequence)
   fresh = mim_decode.prefill(
       params, np.asarray([sequence], np.int32), np.arange(t, dtype=np.int32)[None], np.ones((1, t), bool),
-      np.asarray([starts], np.int32), np.arange(3, dtype=np.int32)[None], pixels, jax.random.key(0),
+      np.asarray([starts], np.int32), np.arange(3, dtype=np.int32)[None], pixels, jax.random.key(0), 2, 75,
       config=cfg, sampling=generator.sampling, cache_slots=t).cache
   valid = np.asarray(state.cache.valid_bs[0])
   assert valid.sum() == t and np.asarray(fresh.valid_bs).all()
@@ -71,8 +70,7 @@ def test_turn_interleaves_text_and_images_and_cache_equals_fresh_prefill(tokeniz
 
 @pytest.mark.parametrize("limits, max_new_tokens, expected, reason", [
     (dict(max_images=1), 40, "run eos", "stop"),
-    (dict(max_images=2), 6, "run", "length"),
-    (dict(max_images=2), 3, "start d1 d2", "length"),  # a cut-off description gives no image
+    (dict(max_images=2), 9, "run start d1 d2", "length"),  # the cut-off description gives no image
     (dict(max_images=1, max_description_tokens=1), 40, "start d1 end t1 t2 eos", "stop"),
 ])
 def test_limits(tokenizer, limits, max_new_tokens, expected, reason):
@@ -90,7 +88,7 @@ def test_limits(tokenizer, limits, max_new_tokens, expected, reason):
 
 def test_no_images_allowed_never_opens_one(tokenizer):
   cfg = tiny_mim_config(tokenizer)
-  generator = _generator(tokenizer, cfg, bigram_mim_params(cfg, tokenizer), 12, max_images=0)
+  generator = _generator(tokenizer, cfg, bigram_mim_params(cfg, tokenizer), 9, max_images=0)
   turn = generator.generate([PROMPT], [[USER_IMAGE]])[0]
   assert tokenizer.start_id not in turn.token_ids and not turn.images
   assert not {tokenizer.end_id, tokenizer.image_id, tokenizer.bos_id} & set(turn.token_ids)

@@ -73,22 +73,28 @@ class DecodeState:
   count_b: jax.Array  # tokens sampled so far (into tokens_bn)
   tokens_bn: jax.Array  # every sampled token, pad after the row's count
   rng: jax.Array
+  # TurnLimits as traced scalars: changing a limit does not recompile.
+  max_images: jax.Array
+  max_description_tokens: jax.Array
 
 
-def cache_length(prompt_width: int, config: MIMConfig, sampling: SamplingConfig, limits: TurnLimits) -> int:
-  """Slots the cache needs. After a compaction the longest row holds at most
-  prompt + its tokens + its images; the next segment adds at most the largest
-  budget left of any row, and an insertion adds one image run (the qformer
-  medium first writes its prompt tokens). Rows differ, so the two token terms
-  do not cancel: 2 × max_new_tokens."""
+def cache_length(prompt_width: int, config: MIMConfig, sampling: SamplingConfig, limits: TurnLimits,
+                 bucket: int = 1) -> int:
+  """Slots the cache needs, rounded up to a multiple of `bucket`. After a
+  compaction the longest row holds at most prompt + its tokens + its images;
+  the next segment adds at most the largest budget left of any row, and an
+  insertion adds one image run (the qformer medium first writes its prompt
+  tokens). Rows differ, so the two token terms do not cancel: 2 × max_new_tokens."""
   prompts = config.medium.num_prompt_tokens if config.medium.kind == "qformer" else 0
-  return prompt_width + 2 * sampling.max_new_tokens + config.num_image_tokens * (limits.max_images + 1) + prompts
+  slots = prompt_width + 2 * sampling.max_new_tokens + config.num_image_tokens * (limits.max_images + 1) + prompts
+  return bucket * -(-slots // bucket)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "cache_slots"))
-def prefill(params, tokens_bt, positions_bt, valid_bt, image_starts_bm, image_rows_bm, pixels_nhwc, rng, *,
-            config: MIMConfig, sampling: SamplingConfig, cache_slots: int) -> DecodeState:
-  """The prompt through MIM's training path (tokens + images scattered into their runs)."""
+def prefill(params, tokens_bt, positions_bt, valid_bt, image_starts_bm, image_rows_bm, pixels_nhwc, rng,
+            max_images, max_description_tokens, *, config: MIMConfig, sampling: SamplingConfig, cache_slots: int) -> DecodeState:
+  """The prompt through MIM's training path (tokens + images scattered into
+  their runs); the two limits are TurnLimits' fields."""
   model = MIM(config)
   b = tokens_bt.shape[0]
   cache = _init_cache(config, b, cache_slots)
@@ -99,7 +105,9 @@ def prefill(params, tokens_bt, positions_bt, valid_bt, image_starts_bm, image_ro
   return DecodeState(
       cache=cache, logits_bv=logits_btv[:, -1], position_b=positions_bt[:, -1] + 1, phase_b=zeros_b + TEXT,
       start_slot_b=zeros_b, start_position_b=zeros_b, description_length_b=zeros_b, images_b=zeros_b,
-      count_b=zeros_b, tokens_bn=jnp.full((b, sampling.max_new_tokens), sampling.pad_id, jnp.int32), rng=rng)
+      count_b=zeros_b, tokens_bn=jnp.full((b, sampling.max_new_tokens), sampling.pad_id, jnp.int32), rng=rng,
+      max_images=jnp.asarray(max_images, jnp.int32),
+      max_description_tokens=jnp.asarray(max_description_tokens, jnp.int32))
 
 
 def _init_cache(config: MIMConfig, batch: int, slots: int) -> KVCache:
@@ -107,7 +115,7 @@ def _init_cache(config: MIMConfig, batch: int, slots: int) -> KVCache:
   return KVCache.create(llm.num_layers, batch, slots, llm.num_kv_heads, llm.head_dim, llm.compute_dtype)
 
 
-def _allowed_logits(state: DecodeState, ids: ControlIds, sampling: SamplingConfig, limits: TurnLimits):
+def _allowed_logits(state: DecodeState, ids: ControlIds, sampling: SamplingConfig):
   vocab = state.logits_bv.shape[-1]
   token_v = jnp.arange(vocab)
   text_b = state.phase_b == TEXT
@@ -115,16 +123,16 @@ def _allowed_logits(state: DecodeState, ids: ControlIds, sampling: SamplingConfi
   stop_v = jnp.isin(token_v, jnp.asarray(sampling.stop_ids, jnp.int32))
   banned_bv = jnp.broadcast_to((token_v == ids.image) | (token_v == ids.bos), state.logits_bv.shape)
   banned_bv |= text_b[:, None] & ((token_v == ids.end)
-                                  | ((token_v == ids.start) & (state.images_b >= limits.max_images)[:, None]))
+                                  | ((token_v == ids.start) & (state.images_b >= state.max_images)[:, None]))
   banned_bv |= describing_b[:, None] & ((token_v == ids.start) | stop_v)
-  must_end_b = describing_b & (state.description_length_b >= limits.max_description_tokens)
+  must_end_b = describing_b & (state.description_length_b >= state.max_description_tokens)
   banned_bv |= must_end_b[:, None] & (token_v != ids.end)
   return jnp.where(banned_bv, -jnp.inf, state.logits_bv)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "ids", "sampling", "limits"), donate_argnums=(1,))
-def decode_segment(params, state: DecodeState, *, config: MIMConfig, ids: ControlIds, sampling: SamplingConfig,
-                   limits: TurnLimits) -> DecodeState:
+@functools.partial(jax.jit, static_argnames=("config", "ids", "sampling"), donate_argnums=(1,))
+def decode_segment(params, state: DecodeState, *, config: MIMConfig, ids: ControlIds,
+                   sampling: SamplingConfig) -> DecodeState:
   """Samples one token per active row per step until a row is READY or none is active."""
   model = MIM(config)
   n = sampling.max_new_tokens
@@ -133,7 +141,7 @@ def decode_segment(params, state: DecodeState, *, config: MIMConfig, ids: Contro
   def step(state: DecodeState) -> DecodeState:
     rng, key = jax.random.split(state.rng)
     active_b = state.phase_b <= DESCRIBING
-    token_b = sample_token(_allowed_logits(state, ids, sampling, limits), key, sampling.temperature, sampling.top_p)
+    token_b = sample_token(_allowed_logits(state, ids, sampling), key, sampling.temperature, sampling.top_p)
     token_b = jnp.where(active_b, token_b, sampling.pad_id)
     rows = jnp.arange(token_b.shape[0])
     tokens_bn = state.tokens_bn.at[rows, jnp.where(active_b, state.count_b, n)].set(token_b, mode="drop")

@@ -102,12 +102,12 @@ class MIMGenerator:
     state = mim_decode.prefill(
         self.params, *(arrays[name] for name in ("tokens", "positions", "valid", "image_starts", "image_rows",
                                                  "pixels")),
-        jax.random.key(0) if rng is None else rng, config=self.config, sampling=self.sampling,
-        cache_slots=mim_decode.cache_length(width, self.config, self.sampling, self.limits))
+        jax.random.key(0) if rng is None else rng, self.limits.max_images,
+        self.limits.max_description_tokens, config=self.config, sampling=self.sampling,
+        cache_slots=mim_decode.cache_length(width, self.config, self.sampling, self.limits, self.length_bucket))
     rendered: list[list[GeneratedImage]] = [[] for _ in conversations]
     while True:
-      state = mim_decode.decode_segment(self.params, state, config=self.config, ids=self.ids, sampling=self.sampling,
-                                        limits=self.limits)
+      state = mim_decode.decode_segment(self.params, state, config=self.config, ids=self.ids, sampling=self.sampling)
       phase_b = np.asarray(state.phase_b)
       ready_rows = np.flatnonzero(phase_b == READY)
       if not len(ready_rows):
