@@ -6,7 +6,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from configs import mim_stage2
 from helpers import bigram_mim_params, text_ids, tiny_mim_config, tiny_mim_tokenizer
+from mim_jax.config import model_config
 from mim_jax.data.conversation import Conversation, Turn
 from mim_jax.data.features import FeatureConfig, build_features
 from mim_jax.infer.generate import SamplingConfig
@@ -15,6 +17,9 @@ from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderEmbeddingRenderer
 from mim_jax.models.image_medium import MediumConfig, medium_loss
 from mim_jax.models.mim import MIM, init_params
+from mim_jax.train import medium_step
+from mim_jax.train.freeze import MEDIUM_TRAINABLE, freeze
+from mim_jax.train.lm_step import make_train_step
 
 MEDIUM = MediumConfig("qformer", num_prompt_tokens=3, cond_length=6, cond_dim=16, mapper_width=16, mapper_layers=1,
                       mapper_heads=2, mapper_mlp_dim=32, init_std=0.3)
@@ -50,27 +55,18 @@ def test_medium_loss_trains_the_mapper_on_captions(tokenizer):
   tokens_bt = np.asarray([tokens + [0] * (width - len(tokens)) for tokens, _ in rows], np.int32)
   starts_b = np.asarray([start for _, start in rows], np.int32)
   targets = jax.random.normal(jax.random.key(1), (len(CAPTIONS), MEDIUM.cond_length, MEDIUM.cond_dim))
-  frozen = {k: v for k, v in params.items() if k != "image_medium"}
-
-  def loss(medium_params):
-    _, cond = MIM(cfg).apply({"params": {**frozen, "image_medium": medium_params}}, tokens_bt, starts_b,
-                             method=MIM.medium_forward)
-    return medium_loss(cond, targets)
-
-  optimizer = optax.adam(3e-2)
-  medium_params = params["image_medium"]
-  state = optimizer.init(medium_params)
-
-  @jax.jit
-  def step(medium_params, state):
-    value, grads = jax.value_and_grad(loss)(medium_params)
-    updates, state = optimizer.update(grads, state, medium_params)
-    return optax.apply_updates(medium_params, updates), state, value
-
+  batch = {"tokens": tokens_bt, "targets": np.zeros_like(tokens_bt), "weights": np.zeros(tokens_bt.shape, np.float32),
+           "prompt_starts": starts_b, "medium_targets": targets, "medium_weights": np.ones(len(CAPTIONS), np.float32)}
+  # GILL's setting: only the prompt embeddings and the mapper train.
+  optimizer = freeze(optax.adam(3e-2), MEDIUM_TRAINABLE)
+  step = jax.jit(make_train_step(MIM(cfg), optimizer, loss=medium_step.loss_fn))
+  state = {"params": params, "opt_state": optimizer.init(params), "step": 0}
   losses = []
   for _ in range(40):
-    medium_params, state, value = step(medium_params, state)
-    losses.append(float(value))
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["medium_loss"]))
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["params"]["llm"]),
+                                                  jax.tree.leaves(params["llm"])))
   best_constant = float(medium_loss(jnp.broadcast_to(targets.mean(0), targets.shape), targets))
   assert losses[-1] < 0.5 * losses[0] and losses[-1] < 0.5 * best_constant
 
@@ -99,3 +95,13 @@ def test_generation_renders_from_the_training_view_conditioning(tokenizer):
   assert len(received) == 1 and received[0].shape == (1, MEDIUM.cond_length, MEDIUM.cond_dim)
   np.testing.assert_allclose(received[0], np.asarray(expected), atol=1e-4)
   assert np.array_equal(np.asarray(turn.images[0].image), np.asarray(PlaceholderEmbeddingRenderer()(received[0])[0]))
+
+
+def test_stage2_config_switches_the_medium():
+  config = mim_stage2.get_config("tiny")
+  assert model_config(config).medium.kind == "language"
+  config.model.medium.kind = "qformer"
+  assert model_config(config).medium == MediumConfig("qformer")
+  config.model.medium.kind = "pixels"
+  with pytest.raises(ValueError, match="medium.kind"):
+    model_config(config)

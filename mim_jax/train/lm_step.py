@@ -38,9 +38,10 @@ def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array]) -> tuple[jax.
   return loss, {"loss": loss, "tokens": tokens}
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation):
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, loss=loss_fn):
+  """`loss(model, params, batch) -> (loss, metrics)`; e.g. train/medium_step.loss_fn."""
   def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
-    (_, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch), has_aux=True)(state["params"])
+    (_, metrics), grads = jax.value_and_grad(lambda p: loss(model, p, batch), has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.global_norm(grads)
