@@ -21,7 +21,7 @@ _DEFAULTS = dict(
     mid_block_type=MID_BLOCK, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
     downsample_padding=1, mid_block_scale_factor=1.0, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
     cross_attention_dim=1280, transformer_layers_per_block=1, attention_head_dim=8, num_attention_heads=None,
-    use_linear_projection=False, addition_embed_type=None, addition_time_embed_dim=None,
+    use_linear_projection=False, addition_embed_type=None, sample_size=None, addition_time_embed_dim=None,
     projection_class_embeddings_input_dim=None, conv_in_kernel=3, conv_out_kernel=3,
 )
 # Options that change the network; the value every supported release uses.
@@ -59,6 +59,7 @@ class UNetConfig:
   projection_class_embeddings_input_dim: int | None
   conv_in_kernel: int = 3
   conv_out_kernel: int = 3
+  sample_size: int | None = None  # the latent size it was trained at (pipelines' default image size / 8)
   dtype: str = "float32"
 
   @property
@@ -108,7 +109,8 @@ class UNetConfig:
         downsample_padding=v["downsample_padding"], mid_block_scale_factor=float(v["mid_block_scale_factor"]),
         addition_embed_type=v["addition_embed_type"], addition_time_embed_dim=v["addition_time_embed_dim"],
         projection_class_embeddings_input_dim=v["projection_class_embeddings_input_dim"],
-        conv_in_kernel=v["conv_in_kernel"], conv_out_kernel=v["conv_out_kernel"], **overrides)
+        conv_in_kernel=v["conv_in_kernel"], conv_out_kernel=v["conv_out_kernel"], sample_size=v.get("sample_size"),
+        **overrides)
     for channels, num_heads in zip(config.block_out_channels, config.num_heads):
       if channels % num_heads:
         raise ValueError(f"{source}: block width {channels} is not divisible by its {num_heads} attention heads")
