@@ -39,6 +39,7 @@ def parse_args(argv):
   parser.add_argument("--refiner", help="diffusers SDXL refiner directory (optional)")
   parser.add_argument("--sd-steps", type=int, default=40)
   parser.add_argument("--sd-seed", type=int, default=42)
+  parser.add_argument("--sd-dtype", choices=("bfloat16", "float32"), default="bfloat16")
   parser.add_argument("--output", default="chat_images", help="folder for generated images")
   parser.add_argument("--max-new-tokens", type=int, default=320)
   parser.add_argument("--images-per-turn", type=int, default=4, help="most images one reply may generate")
@@ -58,12 +59,9 @@ def make_renderer(args):
 
   if args.renderer == "placeholder":
     return PlaceholderRenderer(size=256)
-  try:
-    from mim_jax.models.diffusion.pipeline import StableDiffusion
-  except ImportError as error:
-    raise SystemExit(f"error: Stable Diffusion is not available in this build ({error}); "
-                     "use --renderer=placeholder for a smoke run") from error
-  pipe = StableDiffusion.load(args.sd, refiner_dir=args.refiner, dtype="bfloat16")
+  from mim_jax.models.diffusion.pipeline import StableDiffusion
+
+  pipe = StableDiffusion.load(args.sd, refiner_dir=args.refiner, dtype=args.sd_dtype)
   return functools.partial(pipe.render, seed=args.sd_seed, steps=args.sd_steps)
 
 

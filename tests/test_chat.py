@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import diffusion_helpers
 from helpers import bigram_mim_params, text_ids, tiny_mim_config, tiny_mim_tokenizer
 from mim_jax import chat as chat_cli
 from mim_jax.convert.mim import save_hf_mim
@@ -16,6 +17,7 @@ from mim_jax.infer.generate import SamplingConfig
 from mim_jax.infer.mim_decode import TurnLimits
 from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderRenderer
+from mim_jax.models.diffusion.pipeline import StableDiffusion
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,19 @@ def test_cli_help_and_startup_errors(tmp_path):
   finally:
     sys.stderr = sys_stderr
   assert code == 2 and "absent/config.json not found" in stderr.getvalue()
+
+
+@pytest.mark.slow
+def test_cli_renders_with_stable_diffusion(model, tmp_path):
+  """The real renderer: a tiny random SD 1.x pipeline, loaded by our diffusion code."""
+  tokenizer, cfg, params = model
+  save_hf_mim(tmp_path / "ckpt", cfg, params, tokenizer=tokenizer, dtype="float32")
+  diffusion_helpers.sd_pipeline(tmp_path / "sd")
+  stdout = io.StringIO()
+  code = chat_cli.main(["--checkpoint", str(tmp_path / "ckpt"), "--sd", str(tmp_path / "sd"), "--sd-steps", "2",
+                        "--sd-dtype", "float32", "--output", str(tmp_path / "out"), "--max-new-tokens", "40",
+                        "--images-per-turn", "1"], io.StringIO("draw something\n"), stdout)
+  assert code == 0 and f"[image: {tmp_path / 'out' / 'image_0001.png'}]" in stdout.getvalue()
+  d1, d2, _, _ = text_ids(tokenizer)
+  expected = StableDiffusion.load(tmp_path / "sd").render([tokenizer.decode([d1, d2]).strip()], seed=42, steps=2)[0]
+  assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "image_0001.png")), np.asarray(expected))
