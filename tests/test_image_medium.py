@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import mim_stage2
+import diffusion_helpers
 from helpers import bigram_mim_params, text_ids, tiny_mim_config, tiny_mim_tokenizer
 from mim_jax.config import model_config
 from mim_jax.data.conversation import Conversation, Turn
@@ -15,13 +16,15 @@ from mim_jax.infer.generate import SamplingConfig
 from mim_jax.infer.mim_decode import TurnLimits
 from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderEmbeddingRenderer
+from mim_jax.models.diffusion.text_conditioning import TextConditioner, TextEncoder
 from mim_jax.models.image_medium import MediumConfig, medium_loss
 from mim_jax.models.mim import MIM, init_params
 from mim_jax.train import medium_step
 from mim_jax.train.freeze import MEDIUM_TRAINABLE, freeze
 from mim_jax.train.lm_step import make_train_step
 
-MEDIUM = MediumConfig("qformer", num_prompt_tokens=3, cond_length=6, cond_dim=16, mapper_width=16, mapper_layers=1,
+# SD conditioning of the tiny SD-1.x text encoder below: 77 × 32.
+MEDIUM = MediumConfig("qformer", num_prompt_tokens=3, cond_length=77, cond_dim=32, mapper_width=16, mapper_layers=1,
                       mapper_heads=2, mapper_mlp_dim=32, init_std=0.3)
 CAPTIONS = ["a photo of cats on a sofa", "dogs on a chair", "birds on a fence", "one more dog"]
 
@@ -44,17 +47,28 @@ def test_config_rejects_unknown_medium():
     MediumConfig("pixels")
 
 
-def test_medium_loss_trains_the_mapper_on_captions(tokenizer):
-  """Fixed random targets stand in for the SD text encoder's caption embeddings
-  (the CLIP text encoder is not on this branch). Beating the best constant
-  prediction shows the mapper reads the caption through the LLM states."""
+def sd_caption_embeddings(directory, captions):
+  """What SD 1.x conditions on: a (tiny random) CLIP text encoder's last hidden
+  states, through our CLIP and text-conditioning code."""
+  encoder_dir = directory / "text_encoder"
+  diffusion_helpers.text_encoder(MEDIUM.cond_dim, seed=0).save_pretrained(encoder_dir)
+  diffusion_helpers.save_tiny_clip_tokenizer(directory / "tokenizer")
+  encoder = TextEncoder.load(directory / "tokenizer", encoder_dir, "float32")
+  context, _ = TextConditioner([encoder], xl=False, zero_unconditional=False).encode(captions)
+  return context
+
+
+def test_medium_loss_trains_the_mapper_on_captions(tokenizer, tmp_path):
+  """Beating the best constant prediction shows the mapper reads the caption
+  through the LLM states."""
   cfg = tiny_mim_config(tokenizer, MEDIUM)
   params = init_params(cfg, jax.random.key(0))
   rows = [_sequence(tokenizer, cfg, caption) for caption in CAPTIONS]
   width = max(len(tokens) for tokens, _ in rows)
   tokens_bt = np.asarray([tokens + [0] * (width - len(tokens)) for tokens, _ in rows], np.int32)
   starts_b = np.asarray([start for _, start in rows], np.int32)
-  targets = jax.random.normal(jax.random.key(1), (len(CAPTIONS), MEDIUM.cond_length, MEDIUM.cond_dim))
+  targets = sd_caption_embeddings(tmp_path, CAPTIONS)
+  assert targets.shape == (len(CAPTIONS), MEDIUM.cond_length, MEDIUM.cond_dim)
   batch = {"tokens": tokens_bt, "targets": np.zeros_like(tokens_bt), "weights": np.zeros(tokens_bt.shape, np.float32),
            "prompt_starts": starts_b, "medium_targets": targets, "medium_weights": np.ones(len(CAPTIONS), np.float32)}
   # GILL's setting: only the prompt embeddings and the mapper train.
@@ -68,7 +82,8 @@ def test_medium_loss_trains_the_mapper_on_captions(tokenizer):
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["params"]["llm"]),
                                                   jax.tree.leaves(params["llm"])))
   best_constant = float(medium_loss(jnp.broadcast_to(targets.mean(0), targets.shape), targets))
-  assert losses[-1] < 0.5 * losses[0] and losses[-1] < 0.5 * best_constant
+  # Captions share most of their 77 slots (padding), so the constant is a strong baseline.
+  assert losses[-1] < 0.1 * losses[0] and losses[-1] < 0.8 * best_constant
 
 
 def test_generation_renders_from_the_training_view_conditioning(tokenizer):
