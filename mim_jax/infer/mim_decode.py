@@ -50,8 +50,10 @@ class ControlIds:
 
 @dataclasses.dataclass(frozen=True)
 class TurnLimits:
-  """Per generated turn: `max_new_tokens` (in SamplingConfig) counts every
-  sampled token, descriptions and `<start>`/`<end>` included."""
+  """Per generated turn, on top of SamplingConfig.max_new_tokens (which counts
+  every sampled token, descriptions and `<start>`/`<end>` included). A
+  description is cut at `max_description_tokens`: SD's CLIP reads 75 tokens
+  plus its own start/end, and longer prompts would be truncated there anyway."""
   max_images: int = 4
   max_description_tokens: int = 75
 

@@ -97,7 +97,7 @@ class MIMGenerator:
     """`generate`, also returning the final decode state (its KV cache)."""
     if images is None:
       images = [[load_image(path) for path in conversation.images] for conversation in conversations]
-    arrays = self._prompt_arrays(conversations, images)
+    arrays = self.prompt_arrays(conversations, images)
     width = arrays["tokens"].shape[1]
     state = mim_decode.prefill(
         self.params, *(arrays[name] for name in ("tokens", "positions", "valid", "image_starts", "image_rows",
@@ -168,7 +168,7 @@ class MIMGenerator:
       parts.append(piece)
     text.clear()
 
-  def _prompt_arrays(self, conversations: Sequence[Conversation], images) -> dict[str, np.ndarray]:
+  def prompt_arrays(self, conversations: Sequence[Conversation], images) -> dict[str, np.ndarray]:
     """Left-padded prompt arrays for the batch, through `build_features`."""
     if not conversations or len(images) != len(conversations):
       raise ValueError(f"need one image list per conversation, got {len(images)} for {len(conversations)}")
