@@ -16,6 +16,8 @@ from mim_jax.infer.generate import SamplingConfig
 from mim_jax.infer.mim_decode import TurnLimits
 from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderEmbeddingRenderer
+from mim_jax.infer.sd_embedding_renderer import StableDiffusionEmbeddingRenderer
+from mim_jax.models.diffusion.pipeline import StableDiffusion
 from mim_jax.models.diffusion.text_conditioning import TextConditioner, TextEncoder
 from mim_jax.models.image_medium import MediumConfig, medium_loss
 from mim_jax.models.mim import MIM, init_params
@@ -120,3 +122,21 @@ def test_stage2_config_switches_the_medium():
   config.model.medium.kind = "pixels"
   with pytest.raises(ValueError, match="medium.kind"):
     model_config(config)
+
+
+@pytest.mark.slow
+def test_sd_embedding_renderer_equals_rendering_the_text(tmp_path):
+  """Given exactly what the text encoder makes of a description, rendering
+  from embeddings is rendering that description."""
+  diffusion_helpers.sd_pipeline(tmp_path / "sd")
+  pipe = StableDiffusion.load(tmp_path / "sd")
+  descriptions = ["a red fox in fresh snow", "a lighthouse at dusk"]
+  context, _ = pipe.base.text.encode(descriptions)
+  renderer = StableDiffusionEmbeddingRenderer(pipe, steps=2)
+  got = renderer(context)
+  want = pipe.render(descriptions, seed=42, steps=2)
+  for a, b in zip(got, want):
+    assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+  assert not np.array_equal(np.asarray(got[0]), np.asarray(got[1]))
+  with pytest.raises(ValueError, match="medium.cond_length / cond_dim"):
+    renderer(context[:, :10])
