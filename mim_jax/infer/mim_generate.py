@@ -190,7 +190,7 @@ class MIMGenerator:
       rows.append(features)
     b = len(rows)
     width = self.length_bucket * math.ceil(max(f.main_length for f in rows) / self.length_bucket)
-    slots = max(len(f.image_valid) for f in rows)
+    slots = self.image_bucket * math.ceil(max(len(f.image_valid) for f in rows) / self.image_bucket)
     out = {"tokens": np.full((b, width), self.sampling.pad_id, np.int32), "positions": np.zeros((b, width), np.int32),
            "valid": np.zeros((b, width), bool), "image_starts": np.zeros((b, slots), np.int32)}
     image_valid = np.zeros((b, slots), bool)
