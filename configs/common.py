@@ -20,6 +20,40 @@ def sharding_rules() -> tuple:
 def optimizer(**overrides) -> ml_collections.ConfigDict:
   """AdamW as in TextBind (spec §3): betas (0.9, 0.95), eps 1e-8, wd 1e-3, clip 1.0."""
   values = dict(learning_rate=1e-4, warmup_steps=100, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3,
-                grad_clip=1.0)
+                grad_clip=1.0, lr_multipliers=())  # ((param-path regex, LR factor), …): first match wins
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def data(data_dir: str, **sources: tuple[str, float]) -> ml_collections.ConfigDict:
+  """`sources`: name=(path, weight); a relative path is under `data_dir`. Weights
+  are sampling probabilities after normalisation (a dataset's size makes the
+  mixture uniform over examples)."""
+  config = ml_collections.ConfigDict(dict(
+      data_dir=data_dir, max_images=8, shuffle_buffer=1024, num_parallel_calls=16,
+      readers=0,  # input shards of the global batch (0: one per process); fix it to resume on other process counts
+      caption_branches=True, branches_see_earlier_branches=False))
+  config.sources = ml_collections.ConfigDict(
+      {name: dict(path=path, weight=float(weight), split="train") for name, (path, weight) in sources.items()})
+  return config
+
+
+def checkpoint(**overrides) -> ml_collections.ConfigDict:
+  """Every `every_steps`; keep the last `keep_last` and every `keep_every`-th step (0: none)."""
+  values = dict(every_steps=1000, keep_last=3, keep_every=0, async_save=True)
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def init(**paths) -> ml_collections.ConfigDict:
+  """Initial weights (mim_jax/train/init.py): at most one of mim / textbind, or llm and/or blip2."""
+  values = dict(mim="", textbind="", vision="", llm="", blip2="")
+  values.update(paths)
+  return ml_collections.ConfigDict(values)
+
+
+def train(**overrides) -> ml_collections.ConfigDict:
+  values = dict(steps=1000, batch_size=64, seq_len=768, images_per_batch=192, grad_accum_steps=1, seed=0,
+                log_every=10, dropout=True, reset_data_on_resume=False, peak_flops_per_device=0.0)
   values.update(overrides)
   return ml_collections.ConfigDict(values)

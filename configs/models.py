@@ -33,3 +33,31 @@ def llama(name: str) -> ml_collections.ConfigDict:
   if name not in _PRESETS:
     raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
   return ml_collections.ConfigDict(LlamaConfig(**_PRESETS[name]).to_dict())
+
+
+MIM_SIZES = {"full": ("llama2_7b", "eva_vit_g", "blip2"), "tiny": ("tiny", "tiny", "tiny")}
+
+
+def mim(size: str) -> ml_collections.ConfigDict:
+  """MIM towers: `full` = EVA ViT-g + BLIP-2 Q-Former + Llama-2-7b with the
+  3 new tokens (spec §2, bf16 compute and remat), `tiny` = CPU-sized, same structure."""
+  from mim_jax.models.eva_vit import VisionConfig
+  from mim_jax.models.image_medium import MediumConfig
+  from mim_jax.models.qformer import QFormerConfig
+
+  if size not in MIM_SIZES:
+    raise ValueError(f"unknown MIM size {size!r}; sizes: {', '.join(MIM_SIZES)}")
+  llm, vision, qformer = MIM_SIZES[size]
+  config = ml_collections.ConfigDict()
+  config.llm = llama(llm)
+  config.llm.vocab_size += 3  # <image>, <start>, <end>
+  config.vision = VisionConfig.preset(vision).to_dict()
+  config.qformer = QFormerConfig.preset(qformer).to_dict()
+  # Spec §2 ablation: `--config.model.medium.kind=qformer` (models/image_medium.py).
+  config.medium = MediumConfig().to_dict()
+  if size == "full":
+    for tower in (config.llm, config.vision):
+      tower.dtype = "bfloat16"
+      tower.remat_policy = "dots_no_batch"
+    config.qformer.dtype = "bfloat16"
+  return config

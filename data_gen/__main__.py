@@ -1,25 +1,51 @@
 """`python -m data_gen <step> …`: the data pipeline's command line.
 
-Steps register here as they land (sources, embed, cluster, sample, generate,
-clean, annotate, write, run); today there are none, and the command says so.
+    python -m data_gen run --work runs/demo          # every step, offline defaults
+    python -m data_gen <step> --work runs/demo …     # one step; `<step> -h` lists its flags
+
+Every step prints a table of what it kept and skipped by reason. Every step
+is resumable: rerunning the same command skips finished shards and picks up
+generation after the last record written.
 """
+from __future__ import annotations
+
 import argparse
 import sys
 
+from data_gen.report import summary_table
+from data_gen.steps import TOOLS, OPTIONS, STEPS
+
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m data_gen", description=__doc__)
-  parser.add_subparsers(dest="step", metavar="step")
+  parser = argparse.ArgumentParser(prog="python -m data_gen", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="step", metavar="step", required=True)
+  for step in STEPS + TOOLS:
+    _add_options(commands.add_parser(step.name, help=step.help), step.options)
+  # run's stats read the export it just wrote, so stats' --json (another file) is left out.
+  every = dict.fromkeys(option for step in STEPS for option in step.options if option != "--json")
+  run = commands.add_parser("run", help="every step in order: " + " → ".join(s.name for s in STEPS))
+  _add_options(run, every)
+  run.set_defaults(json=None)
   return parser
 
 
+def _add_options(parser: argparse.ArgumentParser, names) -> None:
+  for name in names:
+    parser.add_argument(name, **OPTIONS[name])
+
+
 def main(argv=None) -> int:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  if args.step is None:
-    parser.print_help()
-    print("\nno pipeline steps are installed in this version of data_gen", file=sys.stderr)
-    return 2
+  args = build_parser().parse_args(argv)
+  steps = STEPS if args.step == "run" else [s for s in STEPS + TOOLS if s.name == args.step]
+  args.work.mkdir(parents=True, exist_ok=True)
+  for step in steps:
+    try:
+      tally, notes = step.run(args)
+    except (FileNotFoundError, ImportError, ValueError) as error:
+      print(f"data_gen {step.name}: {error}", file=sys.stderr)
+      return 2
+    print(summary_table(step.name, tally, notes=notes), flush=True)
   return 0
 
 

@@ -44,9 +44,10 @@ from mim_jax.config import model_config, validate  # noqa: E402
 from mim_jax.models import mim  # noqa: E402
 from mim_jax.models.llama import Llama, boxed_init_fn  # noqa: E402
 from mim_jax.models.mim import MIM, MIMConfig  # noqa: E402
-from mim_jax.train.freeze import freeze  # noqa: E402
 from mim_jax.nn.sharding import create_mesh  # noqa: E402
 from mim_jax.train import lm_step  # noqa: E402
+from mim_jax.train.freeze import trains_under  # noqa: E402
+from mim_jax.train.metrics import step_flops  # noqa: E402
 from mim_jax.train.optimizer import make_optimizer  # noqa: E402
 
 GIB = 1024**3
@@ -104,14 +105,19 @@ def _bytes_per_device(tree) -> int:
 
 
 def _model_parts(config, cfg):
-  """(boxed init fn, flax model, optimizer) for a Llama LM or a MIM config."""
-  optimizer = make_optimizer(config.optimizer, config.train.steps)
+  """(boxed init fn, flax model, optimizer, step kwargs) as mim_jax.train builds them."""
   if isinstance(cfg, MIMConfig):
-    return mim.boxed_init_fn(cfg), MIM(cfg), freeze(optimizer, config.trainable)
-  return boxed_init_fn(cfg), Llama(cfg), optimizer
+    trainable = tuple(config.trainable)
+    optimizer = make_optimizer(config.optimizer, config.train.steps, trainable=trainable,
+                               lr_multipliers=tuple(tuple(r) for r in config.optimizer.get("lr_multipliers", ())))
+    step_kwargs = dict(trainable=trainable, accum_steps=config.train.get("grad_accum_steps", 1),
+                       dropout_seed=config.train.seed if config.train.get("dropout", False) else None)
+    return mim.boxed_init_fn(cfg), MIM(cfg), optimizer, step_kwargs
+  return boxed_init_fn(cfg), Llama(cfg), make_optimizer(config.optimizer, config.train.steps), {}
 
 
 def _abstract_batch(config, cfg, data) -> dict:
+  """The batch the training loop feeds (data/batches.py): uint8 packed images."""
   b, t = config.train.batch_size, config.train.seq_len
   batch = dict(
       tokens=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
@@ -119,13 +125,14 @@ def _abstract_batch(config, cfg, data) -> dict:
       weights=jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=data),
   )
   if isinstance(cfg, MIMConfig):
-    # Images packed per batch (models/mim.py); slots per example as the budget allows, at least 8.
     n, size = config.train.images_per_batch, cfg.vision.image_size
-    m = max(8, -(-n // b))
+    m = config.data.max_images if "data" in config else max(8, -(-n // b))
     batch.update(
+        positions=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
+        mask=jax.ShapeDtypeStruct((b, t, t), jnp.bool_, sharding=data),
         image_starts=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
         image_rows=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
-        images=jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32, sharding=data),
+        images=jax.ShapeDtypeStruct((n, size, size, 3), jnp.uint8, sharding=data),
     )
   return batch
 
@@ -133,7 +140,7 @@ def _abstract_batch(config, cfg, data) -> dict:
 def _compile_train_step(config, cfg, mesh):
   """(compiled step, abstract sharded state) for model `cfg` on `mesh`."""
   rules = config.sharding_rules
-  init_fn, model, optimizer = _model_parts(config, cfg)
+  init_fn, model, optimizer, step_kwargs = _model_parts(config, cfg)
   rng = jax.random.key(config.train.seed)
   shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
 
@@ -143,7 +150,7 @@ def _compile_train_step(config, cfg, mesh):
 
   state = _with_shardings(jax.eval_shape(init_state, rng), shardings)
   batch = _abstract_batch(config, cfg, lm_step.batch_sharding(mesh, rules))
-  step = lm_step.jit_train_step(lm_step.make_train_step(model, optimizer), shardings, mesh, rules)
+  step = lm_step.jit_train_step(lm_step.make_train_step(model, optimizer, **step_kwargs), shardings, mesh, rules)
   return step.lower(state, batch).compile(), state
 
 
@@ -180,6 +187,17 @@ def _unrolled_flops(config, cfg, mesh, compiler_flops: float) -> float:
                               for name, (tower, _) in stacks.items())
 
 
+def _model_flops(config, cfg) -> float:
+  """The training loop's FLOP count (mim_jax/train/metrics.py documents the formula)."""
+  if not isinstance(cfg, MIMConfig):
+    return step_flops(cfg, batch=config.train.batch_size, seq_len=config.train.seq_len, images=0, llm_trains=True,
+                      qformer_trains=True)
+  params, trainable = jax.eval_shape(mim.boxed_init_fn(cfg), jax.random.key(0)), tuple(config.trainable)
+  return step_flops(cfg, batch=config.train.batch_size, seq_len=config.train.seq_len,
+                    images=config.train.images_per_batch, llm_trains=trains_under(params, trainable, "llm/"),
+                    qformer_trains=trains_under(params, trainable, "image_encoder/qformer/"))
+
+
 def compile_for_topology(config, topology: str, num_slices: int = 1, exact_flops: bool = True) -> dict:
   """Lowers and compiles one train step for `topology` with abstract inputs.
 
@@ -207,6 +225,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, exact_flops
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
            + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
   hbm_per_device = chip.hbm_bytes // devices_per_chip
+  model_flops = _model_flops(config, cfg)
   peak_per_device = chip.peak_bf16_flops / devices_per_chip
   return dict(
       topology=topology,
@@ -232,6 +251,10 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, exact_flops
       flops_per_device=flops_per_device,
       flops=flops_per_device * len(devices),
       step_time_s=flops_per_device / peak_per_device,
+      model_flops=model_flops,
+      # Compute-bound at peak with no communication: an upper bound on MFU, set by
+      # what the compiled step executes beyond the model FLOPs (remat recompute, etc.).
+      mfu_bound=model_flops / (flops_per_device * len(devices)),
   )
 
 
@@ -272,7 +295,9 @@ def main(argv):
              if r["compiler_flops_per_device"] != r["flops_per_device"] else "")
   print(f"flops         {r['flops']:.4g} per step, {r['flops_per_device']:.4g} per device{scanned}; "
         f"{r['flops'] / (6 * r['num_params'] * r['tokens_per_step']):.2f} x 6*N*T")
-  print(f"step time     >= {r['step_time_s'] * 1e3:.3g} ms at peak bf16 FLOP/s (100% MFU)")
+  print(f"step time     >= {r['step_time_s'] * 1e3:.3g} ms at peak bf16 FLOP/s")
+  print(f"MFU           <= {r['mfu_bound']:.1%}: model FLOPs {r['model_flops']:.4g} (mim_jax/train/metrics.py) over "
+        f"the {r['flops']:.4g} the step executes, if it ran at peak with no communication")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ overrides; this adds the value and combination checks.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mim_jax.models.eva_vit import VisionConfig
@@ -61,8 +62,45 @@ def validate(config) -> None:
       _positive(f"train.{name}", config.train[name])
     if config.train.seq_len > llm.max_positions:
       raise ValueError(f"train.seq_len ({config.train.seq_len}) exceeds model.max_positions ({llm.max_positions})")
+  if "grad_accum_steps" in config.get("train", {}):
+    _positive("train.grad_accum_steps", config.train.grad_accum_steps)
+  if "checkpoint" in config:
+    _positive("checkpoint.every_steps", config.checkpoint.every_steps)
+    _positive("checkpoint.keep_last", config.checkpoint.keep_last)
+    _at_least("checkpoint.keep_every", config.checkpoint.keep_every, 0)
+  if "data" in config:
+    _validate_data(config.data)
+  for pattern in config.get("trainable", ()):
+    _regex("trainable", pattern)
+  for rule in config.get("optimizer", {}).get("lr_multipliers", ()):
+    if len(rule) != 2:
+      raise ValueError(f"optimizer.lr_multipliers entry {rule!r} must be (param-path regex, factor)")
+    _regex("optimizer.lr_multipliers", rule[0])
   if "export" in config and config.export.dtype not in EXPORT_DTYPES:
     raise ValueError(f"export.dtype is {config.export.dtype!r}; allowed values: {', '.join(EXPORT_DTYPES)}")
+
+
+def _validate_data(data) -> None:
+  if not data.sources:
+    raise ValueError("data.sources is empty; add one, e.g. --config.data.sources.textbind.path=textbind")
+  for name, source in data.sources.items():
+    unknown = sorted(set(source.keys()) - {"path", "weight", "split"})
+    if unknown:
+      raise ValueError(f"data.sources.{name} has unknown field(s) {unknown}; fields: path, weight, split")
+    _at_least(f"data.sources.{name}.weight", source.weight, 0)
+  if not any(source.weight > 0 for source in data.sources.values()):
+    raise ValueError("every data.sources.*.weight is 0; give at least one source a positive weight")
+  for name in ("max_images", "readers"):
+    _at_least(f"data.{name}", data[name], 0)
+  for name in ("shuffle_buffer", "num_parallel_calls"):
+    _positive(f"data.{name}", data[name])
+
+
+def _regex(field: str, pattern) -> None:
+  try:
+    re.compile(pattern)
+  except (re.error, TypeError) as error:
+    raise ValueError(f"{field}: {pattern!r} is not a valid regular expression ({error})") from None
 
 
 def _validate_mesh(mesh) -> None:

@@ -9,29 +9,15 @@ import torch
 import transformers
 from PIL import Image
 
+from clip_helpers import LEGACY_EOS, TINY_TEXT, TINY_VISION, randomize_, tiny_hf_clip
 from mim_jax.convert import clip as convert_clip
 from mim_jax.convert.safetensors_io import CheckpointReader, write_safetensors
+from mim_jax.data.clip_images import preprocess_clip_image
 from mim_jax.models import clip
 from mim_jax.models.clip_config import ClipConfig, ClipTextConfig, ClipVisionConfig
-from mim_jax.data.clip_images import preprocess_clip_image
 
-# Distinct widths (vision 40, text 24, joint 16) so a swapped axis cannot pass by accident; the two towers
-# use the two activations.
-TINY_VISION = dict(hidden_size=40, intermediate_size=56, num_hidden_layers=3, num_attention_heads=4, image_size=42,
-                   patch_size=14, hidden_act="quick_gelu")
-TINY_TEXT = dict(vocab_size=99, hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                 max_position_embeddings=16, hidden_act="gelu")
-LEGACY_EOS, EOS = 2, 97
+EOS = 97
 TOL = 1e-5
-
-
-def _randomize(model, seed=0):
-  # Bigger-than-default weights make the parity test sensitive to small mistakes.
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0, 0.1 if p.ndim > 1 else 1.0)
-  return model.eval()
 
 
 def _save(model, directory):
@@ -41,15 +27,14 @@ def _save(model, directory):
 
 @pytest.fixture(scope="module")
 def hf_clip(tmp_path_factory):
-  config = transformers.CLIPConfig(text_config=dict(TINY_TEXT, eos_token_id=LEGACY_EOS), vision_config=TINY_VISION,
-                                   projection_dim=16)
-  return _save(_randomize(transformers.CLIPModel(config)), tmp_path_factory.mktemp("clip"))
+  directory = tmp_path_factory.mktemp("clip")
+  return directory, tiny_hf_clip(directory)
 
 
 @pytest.fixture(scope="module")
 def hf_text_with_projection(tmp_path_factory):
   config = transformers.CLIPTextConfig(**TINY_TEXT, eos_token_id=EOS, projection_dim=20)
-  return _save(_randomize(transformers.CLIPTextModelWithProjection(config), 1), tmp_path_factory.mktemp("text"))
+  return _save(randomize_(transformers.CLIPTextModelWithProjection(config), 1), tmp_path_factory.mktemp("text"))
 
 
 def _legacy_tokens():
@@ -133,7 +118,7 @@ def test_text_model_with_projection_as_sdxl_uses_it(hf_text_with_projection):
 
 
 def test_text_model_without_projection(tmp_path, hf_text_with_projection):
-  hf = _randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT, eos_token_id=EOS)), 2)
+  hf = randomize_(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT, eos_token_id=EOS)), 2)
   directory, _ = _save(hf, tmp_path)
   cfg, params = convert_clip.load_hf_clip_text(directory)
   assert cfg.projection_dim == 0 and "projection" not in params
@@ -150,7 +135,7 @@ def test_text_model_without_projection(tmp_path, hf_text_with_projection):
 def test_sd1_text_encoder_layout(tmp_path, hf_text_with_projection):
   # Stable Diffusion 1.x's text_encoder, saved by transformers 4: a CLIPTextModel whose tensors carry the
   # `text_model.` prefix, plus the position_ids buffer HF no longer reads.
-  hf = _randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT, eos_token_id=LEGACY_EOS)), 4)
+  hf = randomize_(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT, eos_token_id=LEGACY_EOS)), 4)
   hf.save_pretrained(tmp_path / "new")
   reader = CheckpointReader(tmp_path / "new")
   tensors = {f"text_model.{name}": np.array(reader.get(name)) for name in reader.keys()}
@@ -176,7 +161,7 @@ def test_text_tower_of_a_clip_model(hf_clip):
 
 def test_vision_model_with_projection(tmp_path):
   config = transformers.CLIPVisionConfig(**TINY_VISION, projection_dim=12)
-  directory, hf = _save(_randomize(transformers.CLIPVisionModelWithProjection(config), 3), tmp_path)
+  directory, hf = _save(randomize_(transformers.CLIPVisionModelWithProjection(config), 3), tmp_path)
   cfg, params = convert_clip.load_hf_clip_vision(directory, scan_layers=False)
   pixels = _pixels(2, seed=3)
   with torch.no_grad():

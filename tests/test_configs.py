@@ -100,3 +100,20 @@ def test_command_line_overrides_are_checked(tmp_path, override, message):
 def test_presets_are_listed_on_a_bad_name():
   with pytest.raises(ValueError, match="presets: tiny, bench_130m, llama2_7b"):
     models.llama("llama2_70b")
+
+
+def test_ablations_change_one_thing():
+  from configs import ablations, mim_stage2
+
+  base = mim_stage2.get_config("full")
+  for name in ablations.ABLATIONS:
+    config = ablations.get_config(name)
+    validate(config)
+    changed = [key for key in ("trainable", "optimizer", "data") if config[key] != base[key]]
+    assert len(changed) == 1, (name, changed)
+  assert list(ablations.get_config("textbind_only").data.sources) == ["textbind"]
+  assert ablations.get_config("original_mask,tiny").data.branches_see_earlier_branches
+  with pytest.raises(ValueError, match="unknown ablation 'nope'"):
+    ablations.get_config("nope")
+  with pytest.raises(ValueError, match="mixture"):
+    ablations.get_config("no_textbind,tiny")

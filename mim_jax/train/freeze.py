@@ -44,3 +44,11 @@ def freeze(optimizer: optax.GradientTransformation, patterns: Sequence[str]) -> 
     return jax.tree.map(lambda trainable: "train" if trainable else "frozen", trainable_mask(params, patterns))
 
   return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def trains_under(params, patterns: Sequence[str] | None, prefix: str) -> bool:
+  """Whether any param whose path starts with `prefix` trains (None: everything trains)."""
+  if patterns is None:
+    return True
+  flat = jax.tree_util.tree_flatten_with_path(trainable_mask(params, patterns), is_leaf=lambda x: isinstance(x, bool))
+  return any(train and param_path(path).startswith(prefix) for path, train in flat[0])

@@ -2,12 +2,13 @@
 
 The batch is `tokens`, `targets`, `weights` (b, t) and optionally explicit
 `positions` (b, t) and `mask` (b, t, t); weights are 0 where no loss is taken.
-A MIM batch adds `image_starts`, `image_rows` (b, m) and packed `images` or
-`vit_features` (n, …); see models/mim.py.
+A MIM batch adds `image_starts`, `image_rows` (b, m) and packed `images`
+(uint8 or normalised float) or `vit_features` (n, …); see models/mim.py and
+data/batches.py. Other keys (e.g. `valid`) are ignored.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,7 +16,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mim_jax.data.images import pixel_table
 from mim_jax.nn.sharding import Rules, activation_sharding, boxed_shardings, logical_to_spec
+from mim_jax.train.freeze import trainable_mask
 
 
 def cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -31,21 +34,75 @@ IMAGE_INPUTS = {"image_starts": "image_starts_bm", "image_rows": "image_rows_bm"
                 "vit_features": "vit_features"}
 
 
-def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array], *, dropout_rng: jax.Array | None = None,
+            total_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """Mean cross-entropy over weighted tokens. With `total_weight` (the whole
+  batch's, for gradient accumulation) it is this microbatch's share of that
+  mean instead. `images` may be uint8 (normalised here, exactly as
+  data/images.preprocess_image does) or float. `dropout_rng` turns dropout on
+  (MIM's Q-Former)."""
   images = {arg: batch[key] for key, arg in IMAGE_INPUTS.items() if key in batch}
-  logits_btv = model.apply({"params": params}, batch["tokens"], batch.get("positions"), batch.get("mask"), **images)
+  if "images" in images and images["images"].dtype == jnp.uint8:
+    images["images"] = jnp.asarray(pixel_table())[images["images"].astype(jnp.int32), jnp.arange(3)]
+  extra = {}
+  if dropout_rng is not None:
+    extra = {"rngs": {"dropout": dropout_rng}, "deterministic": False}
+  logits_btv = model.apply({"params": params}, batch["tokens"], batch.get("positions"), batch.get("mask"), **images,
+                           **extra)
   loss, tokens = cross_entropy(logits_btv, batch["targets"], batch["weights"])
+  if total_weight is not None:
+    loss = loss * tokens / jnp.maximum(total_weight, 1.0)
   return loss, {"loss": loss, "tokens": tokens}
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, loss=loss_fn):
-  """`loss(model, params, batch) -> (loss, metrics)`; e.g. train/medium_step.loss_fn."""
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
+                    trainable: Sequence[str] | None = None, accum_steps: int = 1, dropout_seed: int | None = None,
+                    loss=loss_fn):
+  """state, batch → state, metrics. `trainable`: regexes of the params that
+  train (the rest get stop_gradient, so their weight gradients are never
+  computed). `accum_steps` > 1 runs the batch as that many microbatches (rows
+  b % k == i, see data/batches.py) and sums their gradients: the update equals
+  the one-shot step's up to float rounding. `dropout_seed` turns dropout on,
+  with a key folded from (seed, step, microbatch). Metrics: loss, tokens,
+  images, grad_norm and `grads_finite`, one bool per gradient leaf (in
+  jax.tree.leaves order) for the loop's NaN/Inf guard. `loss` has `loss_fn`'s
+  signature (train/medium_step.loss_fn adds the qformer image medium's term)."""
+
+  def microbatch_grads(params, batch, total_weight, rng):
+    def objective(p):
+      if trainable is not None:
+        mask = trainable_mask(p, trainable)
+        p = jax.tree.map(lambda x, m: x if m else jax.lax.stop_gradient(x), p, mask)
+      return loss(model, p, batch, dropout_rng=rng, total_weight=total_weight)
+
+    return jax.value_and_grad(objective, has_aux=True)(params)
+
   def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
-    (_, metrics), grads = jax.value_and_grad(lambda p: loss(model, p, batch), has_aux=True)(state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    params = state["params"]
+    total_weight = batch["weights"].astype(jnp.float32).sum()
+    step_rng = None if dropout_seed is None else jax.random.fold_in(jax.random.key(dropout_seed), state["step"])
+    if accum_steps == 1:
+      (loss, _), grads = microbatch_grads(params, batch, total_weight, step_rng)
+    else:
+      micro = {k: v.reshape(v.shape[0] // accum_steps, accum_steps, *v.shape[1:]) for k, v in batch.items()}
+
+      def accumulate(i, carry):
+        loss_sum, grads_sum = carry
+        part = {k: jax.lax.dynamic_index_in_dim(v, i, axis=1, keepdims=False) for k, v in micro.items()}
+        rng = None if step_rng is None else jax.random.fold_in(step_rng, i)
+        (loss, _), grads = microbatch_grads(params, part, total_weight, rng)
+        return loss_sum + loss, jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_sum, grads)
+
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      loss, grads = jax.lax.fori_loop(0, accum_steps, accumulate, (jnp.zeros((), jnp.float32), zeros))
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    metrics = {"loss": loss, "tokens": total_weight, "grad_norm": optax.global_norm(grads),
+               "grads_finite": jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)])}
+    if "image_rows" in batch:
+      metrics["images"] = (batch["image_rows"] >= 0).sum()
+    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
+    return new_state, metrics
 
   return train_step
 
