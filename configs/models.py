@@ -42,6 +42,7 @@ def mim(size: str) -> ml_collections.ConfigDict:
   """MIM towers: `full` = EVA ViT-g + BLIP-2 Q-Former + Llama-2-7b with the
   3 new tokens (spec §2, bf16 compute and remat), `tiny` = CPU-sized, same structure."""
   from mim_jax.models.eva_vit import VisionConfig
+  from mim_jax.models.image_medium import MediumConfig
   from mim_jax.models.qformer import QFormerConfig
 
   if size not in MIM_SIZES:
@@ -52,6 +53,8 @@ def mim(size: str) -> ml_collections.ConfigDict:
   config.llm.vocab_size += 3  # <image>, <start>, <end>
   config.vision = VisionConfig.preset(vision).to_dict()
   config.qformer = QFormerConfig.preset(qformer).to_dict()
+  # Spec §2 ablation: `--config.model.medium.kind=qformer` (models/image_medium.py).
+  config.medium = MediumConfig().to_dict()
   if size == "full":
     for tower in (config.llm, config.vision):
       tower.dtype = "bfloat16"

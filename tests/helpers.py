@@ -1,8 +1,19 @@
-"""Tiny random HF models saved to disk, for loading through our real code."""
+"""Tiny random HF models saved to disk, for loading through our real code; tiny MIMs for generation."""
 from __future__ import annotations
 
+import jax
+import numpy as np
 import torch
 import transformers
+
+from mim_jax.data.conversation import Conversation, Turn
+from mim_jax.data.features import FeatureConfig, build_features
+from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece
+from mim_jax.models.eva_vit import VisionConfig
+from mim_jax.models.image_medium import MediumConfig
+from mim_jax.models.llama_config import LlamaConfig
+from mim_jax.models.mim import MIMConfig, init_params
+from mim_jax.models.qformer import QFormerConfig
 
 ROPE_CASES = {
     "default": None,
@@ -59,3 +70,63 @@ def tiny_hf_blip2(directory, seed=0):
   model = randomize_blip2_(transformers.Blip2ForConditionalGeneration(transformers.Blip2Config(**TINY_BLIP2)), seed)
   model.save_pretrained(directory)
   return model
+
+
+# A tiny MIM and its tokenizer, for generation and chat tests.
+MIM_TEXT = [f"a photo of {n} {a} on a {b} and here is one more" for n in range(30)
+            for a, b in [("cats", "sofa"), ("dogs", "chair"), ("birds", "fence")]]
+
+
+def tiny_mim_tokenizer(directory):
+  return Tokenizer.load(train_sentencepiece(MIM_TEXT, directory, vocab_size=300))
+
+
+def tiny_mim_config(tokenizer, medium=None):
+  """LLM width 32, 4 image tokens per image, 28-pixel images."""
+  llm = LlamaConfig(vocab_size=tokenizer.vocab_size, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=8, mlp_dim=48, init_std=0.3)
+  return MIMConfig(llm, VisionConfig.preset("tiny"), QFormerConfig.preset("tiny", init_std=0.3),
+                   medium or MediumConfig())
+
+
+def text_ids(tokenizer):
+  """Four distinct text ids (d1, d2, t1, t2), none the prompt's last."""
+  last = tokenizer.encode("[/INST]")[-1]
+  ids = [i for i in dict.fromkeys(tokenizer.encode("cats sofa dogs chair")) if i != last]
+  return ids[:4]
+
+
+def last_prompt_token(tokenizer, cfg):
+  """The id every generation prompt ends with (the end of `[/INST]`)."""
+  prompt = Conversation((Turn("user", "a photo of cats"),))
+  features = build_features(prompt, tokenizer, FeatureConfig(max_len=64, num_image_tokens=cfg.num_image_tokens,
+                                                             caption_branches=False))
+  return int(features.tokens[features.main_length - 1])
+
+
+def bigram_mim_params(cfg, tokenizer, seed=0):
+  """A random MIM whose next token is (almost only) a function of its input:
+  [/INST] → <start> d1 d2 <end>; an image's embeddings → t1 t2 → <start>, or
+  </s> when no image is left. Layers still add a little, so attention (and a
+  wrong mask) would show in the cache."""
+  d1, d2, t1, t2 = text_ids(tokenizer)
+  ids = tokenizer
+  chain = {last_prompt_token(tokenizer, cfg): ids.start_id, ids.start_id: d1, d1: d2, d2: ids.end_id,
+           ids.image_id: t1, t1: t2, t2: ids.start_id}
+  params = jax.device_get(init_params(cfg, jax.random.key(seed)))
+  llm = params["llm"]
+  members = sorted(chain)
+  basis, _ = np.linalg.qr(np.random.RandomState(seed).randn(cfg.llm.embed_dim, len(members)))
+  embedding = np.array(llm["embedding"])
+  embedding[members] = basis.T
+  head = np.zeros_like(llm["lm_head"])
+  for current, following in chain.items():
+    head[:, following] += 10 * embedding[current]
+  head[:, ids.eos_id] += 5 * embedding[t2]  # second choice after t2
+  llm["embedding"], llm["lm_head"] = embedding, head
+  for layer, name in (("attn", "o_kernel"), ("mlp", "down_kernel")):
+    llm["layers"][layer][name] = 0.03 * llm["layers"][layer][name]
+  projection = params["image_encoder"]["projection"]
+  projection["kernel"] = 0.03 * projection["kernel"]
+  projection["bias"] = embedding[ids.image_id].copy()  # images read as `<image>`, plus a pixel-dependent bit
+  return params

@@ -82,3 +82,23 @@ def test_cache_overflow_is_not_silent():
     cache = model.init_cache(2, 8)
     cache = cache.replace(length=jnp.zeros((2,), jnp.int32))
     model.apply({"params": params}, _tokens(2), cache=cache)
+
+
+def test_per_row_rollback_and_compaction_equal_each_row_from_scratch(model_and_params):
+  """Row 0 rolls a 3-token detour back while row 1 keeps its 3 tokens; after
+  compaction both resume at their own positions as if alone."""
+  model, params = model_and_params
+  prefix, middle, resume = _tokens(6, 1), _tokens(3, 2), _tokens(4, 3)
+  cache = model.init_cache(2, 16)
+  _, cache = model.apply({"params": params}, prefix, cache=cache)
+  _, cache = model.apply({"params": params}, middle, _positions(6, 3), cache=cache)
+  cache = cache.rollback_rows(jnp.asarray([6, 0]), jnp.asarray([True, False])).compact()
+  assert int(cache.length) == 9 and cache.valid_bs[:, :10].sum(axis=1).tolist() == [6, 9]
+  positions = jnp.asarray([[6, 7, 8, 9], [9, 10, 11, 12]], jnp.int32)
+  logits, cache = model.apply({"params": params}, resume, positions, cache=cache)
+  row0 = model.apply({"params": params}, jnp.concatenate([prefix, resume], axis=1)[:1])
+  row1 = model.apply({"params": params}, jnp.concatenate([prefix, middle, resume], axis=1)[1:])
+  np.testing.assert_allclose(logits[0], row0[0, 6:], atol=1e-5)
+  np.testing.assert_allclose(logits[1], row1[0, 9:], atol=1e-5)
+  # Row 0's resumed keys sit after a 3-slot gap (slots 6..8 invalid), row 1's right after its own.
+  assert cache.valid_bs[0].tolist()[:13] == [True] * 6 + [False] * 3 + [True] * 4

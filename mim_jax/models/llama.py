@@ -107,8 +107,10 @@ class Llama(nn.Module):
       embeds_btd: jax.Array | None = None,
       valid_bt: jax.Array | None = None,
       cache: KVCache | None = None,
+      return_hidden: bool = False,
   ):
-    """Returns float32 logits (b, t, vocab), and the updated cache when one is given.
+    """Returns float32 logits (b, t, vocab), then the final-normed hidden states
+    (b, t, d) when `return_hidden`, then the updated cache when one is given.
 
     Without a cache, `mask_bts` defaults to causal-by-index over valid tokens.
     With a cache, the new tokens are written at `cache.length`; the default mask
@@ -138,10 +140,10 @@ class Llama(nn.Module):
         "btd,dv->btv", x_btd, head_dv.astype(cfg.compute_dtype), preferred_element_type=jnp.float32
     )
     logits_btv = constrain(logits_btv, ("batch", "length", "act_vocab"))
-    if cache is None:
-      return logits_btv
-    new_cache = cache.replace(k_lbskh=kv[0], v_lbskh=kv[1], valid_bs=new_valid_bs, length=cache.length + t)
-    return logits_btv, new_cache
+    outputs = (logits_btv, x_btd) if return_hidden else (logits_btv,)
+    if cache is not None:
+      outputs += (cache.replace(k_lbskh=kv[0], v_lbskh=kv[1], valid_bs=new_valid_bs, length=cache.length + t),)
+    return outputs if len(outputs) > 1 else logits_btv
 
   def _run_layers(self, x_btd, positions_bt, mask_bts, kv, cache_index):
     if self.config.scan_layers:

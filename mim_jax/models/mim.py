@@ -6,6 +6,10 @@ Images are passed *packed per batch*: `images` holds only real images (n of
 them, a static budget), and `image_rows_bm` says which packed row fills slot m
 of example b (-1: no image). Padding slots therefore cost no ViT/Q-Former
 compute; only the budget's padding rows do (see `pack_images`).
+
+With the `qformer` image medium (models/image_medium.py) MIM also owns the
+learned prompt embeddings and the mapper to SD conditioning: `medium_forward`
+is the training view, `condition` the inference one.
 """
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ import numpy as np
 
 from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.image_encoder import ImageEncoder
+from mim_jax.models.image_medium import ImageMedium, MediumConfig
 from mim_jax.models.llama import Llama
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.qformer import QFormerConfig
+from mim_jax.nn.kv_cache import KVCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +34,7 @@ class MIMConfig:
   llm: LlamaConfig
   vision: VisionConfig
   qformer: QFormerConfig
+  medium: MediumConfig = MediumConfig()
 
   @property
   def num_image_tokens(self) -> int:
@@ -48,7 +55,8 @@ def scatter_image_embeddings(embeds_btd: jax.Array, image_embeds_nkd: jax.Array,
 
 
 class MIM(nn.Module):
-  """Params: {"image_encoder": {vision, query_tokens, qformer, projection}, "llm": Llama}."""
+  """Params: {"image_encoder": {vision, query_tokens, qformer, projection}, "llm": Llama}
+  and, with the `qformer` medium, "image_medium": ImageMedium."""
 
   config: MIMConfig
   train_vision: bool = False
@@ -57,6 +65,7 @@ class MIM(nn.Module):
     cfg = self.config
     self.image_encoder = ImageEncoder(cfg.vision, cfg.qformer, cfg.llm.embed_dim, self.train_vision)
     self.llm = Llama(cfg.llm)
+    self.image_medium = ImageMedium(cfg.medium, cfg.llm.embed_dim) if cfg.medium.kind == "qformer" else None
 
   def encode_images(self, images: jax.Array | None = None, vit_features: jax.Array | None = None,
                     deterministic: bool = True) -> jax.Array:
@@ -76,8 +85,45 @@ class MIM(nn.Module):
     """Logits (b, t, vocab) float32 (and the cache, when given), as Llama.__call__."""
     embeds_btd = self.embed(tokens_bt, image_starts_bm, image_rows_bm, images=images, vit_features=vit_features,
                             deterministic=deterministic)
+    if self.image_medium is not None and self.is_initializing():
+      self.image_medium(jnp.zeros((1, self.config.medium.num_prompt_tokens, self.config.llm.embed_dim)))
     return self.llm(positions_bt=positions_bt, mask_bts=mask_bts, embeds_btd=embeds_btd, valid_bt=valid_bt,
                     cache=cache)
+
+  def _require_medium(self) -> ImageMedium:
+    if self.image_medium is None:
+      raise ValueError("this MIM uses the `language` image medium; the prompt-token mapper needs "
+                       "medium.kind = 'qformer'")
+    return self.image_medium
+
+  def medium_forward(self, tokens_bt, prompt_starts_b, positions_bt=None, mask_bts=None, image_starts_bm=None,
+                     image_rows_bm=None, *, images=None, vit_features=None, deterministic: bool = True):
+    """Training view of the `qformer` medium: the N inputs from `prompt_starts_b[b]`
+    on (placeholders in `tokens_bt`) are replaced by the learned prompt
+    embeddings. Returns (logits (b, t, vocab), SD conditioning (b, 77, D))."""
+    medium = self._require_medium()
+    embeds_btd = self.embed(tokens_bt, image_starts_bm, image_rows_bm, images=images, vit_features=vit_features,
+                            deterministic=deterministic)
+    prompts_1nd = medium.prompts()[None]
+    rows_b1 = jnp.zeros((tokens_bt.shape[0], 1), jnp.int32)
+    embeds_btd = scatter_image_embeddings(embeds_btd, prompts_1nd, prompt_starts_b[:, None], rows_b1)
+    logits_btv, hidden_btd = self.llm(positions_bt=positions_bt, mask_bts=mask_bts, embeds_btd=embeds_btd,
+                                      return_hidden=True)
+    index_bn = prompt_starts_b[:, None] + jnp.arange(prompts_1nd.shape[1])
+    hidden_bnd = jnp.take_along_axis(hidden_btd, index_bn[:, :, None], axis=1)
+    return logits_btv, medium(hidden_bnd)
+
+  def condition(self, cache: KVCache, positions_bn: jax.Array, valid_b: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Inference view of the `qformer` medium: writes the N prompt embeddings at
+    `positions_bn` into the cache (valid in rows `valid_b`) and maps their
+    hidden states. Returns (SD conditioning (b, 77, D), cache)."""
+    medium = self._require_medium()
+    b, n = positions_bn.shape
+    prompts_bnd = jnp.broadcast_to(medium.prompts()[None], (b, n, self.config.llm.embed_dim))
+    valid_bn = jnp.broadcast_to(valid_b[:, None], (b, n))
+    _, hidden_bnd, cache = self.llm(positions_bt=positions_bn, embeds_btd=prompts_bnd, valid_bt=valid_bn, cache=cache,
+                                    return_hidden=True)
+    return medium(hidden_bnd), cache
 
 
 def pack_images(image_valid_bm: np.ndarray, budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:

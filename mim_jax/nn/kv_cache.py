@@ -5,6 +5,12 @@ Slots [0, length) are written; `valid_bs` says which of them hold real tokens
 length is exact: later slots become invalid and are overwritten by the next
 write. MIM uses this to replace a `<start> … <end>` description with the 32
 embeddings of the image rendered from it (spec §2).
+
+In a batch the write index is shared, so one row cannot move it back alone:
+`rollback_rows` forgets a row's slots from its own index on, and `compact`
+moves every row's valid slots to the front (in order), which reclaims the gaps
+that rollbacks and idle rows leave. Attention only sees valid slots and keys
+carry their RoPE position, not their slot, so both are exact.
 """
 from __future__ import annotations
 
@@ -40,6 +46,22 @@ class KVCache:
     length = jnp.asarray(length, jnp.int32)
     keep_s = jnp.arange(self.max_length) < length
     return self.replace(valid_bs=self.valid_bs & keep_s[None, :], length=length)
+
+  def rollback_rows(self, length_b: jax.Array, rows_b: jax.Array) -> "KVCache":
+    """Forgets the slots at or after `length_b[b]` of each row where `rows_b` is True."""
+    drop_bs = rows_b[:, None] & (jnp.arange(self.max_length)[None, :] >= length_b[:, None])
+    return self.replace(valid_bs=self.valid_bs & ~drop_bs)
+
+  def compact(self) -> "KVCache":
+    """Moves each row's valid slots to the front, keeping their order; the new
+    length is the largest count of valid slots. A valid slot s of row b moves to
+    `valid_bs[b, :s].sum()`."""
+    order_bs = jnp.argsort(~self.valid_bs, axis=1, stable=True)
+    gather = lambda x_lbskh: jnp.take_along_axis(x_lbskh, order_bs[None, :, :, None, None], axis=2)
+    count_b = self.valid_bs.sum(axis=1, dtype=jnp.int32)
+    return self.replace(k_lbskh=gather(self.k_lbskh), v_lbskh=gather(self.v_lbskh),
+                        valid_bs=jnp.arange(self.max_length)[None, :] < count_b[:, None],
+                        length=jnp.max(count_b))
 
   def attention_mask(self, valid_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(mask_bts, new valid_bs) for writing t tokens at `length`: each new token

@@ -17,6 +17,8 @@ STAGE_TRAINABLE = {
     "stage1": (r"^image_encoder/(qformer|query_tokens|projection)(/|$)",),
     "stage2": (r"^image_encoder/(qformer|query_tokens|projection)(/|$)", r"^llm/"),
 }
+# The qformer image medium's prompt embeddings and mapper (absent with the language medium).
+MEDIUM_TRAINABLE = (r"^image_medium/",)
 
 
 def param_path(path) -> str:

@@ -56,7 +56,8 @@ def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array], *, dropout_rn
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
-                    trainable: Sequence[str] | None = None, accum_steps: int = 1, dropout_seed: int | None = None):
+                    trainable: Sequence[str] | None = None, accum_steps: int = 1, dropout_seed: int | None = None,
+                    loss=loss_fn):
   """state, batch → state, metrics. `trainable`: regexes of the params that
   train (the rest get stop_gradient, so their weight gradients are never
   computed). `accum_steps` > 1 runs the batch as that many microbatches (rows
@@ -64,16 +65,17 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
   the one-shot step's up to float rounding. `dropout_seed` turns dropout on,
   with a key folded from (seed, step, microbatch). Metrics: loss, tokens,
   images, grad_norm and `grads_finite`, one bool per gradient leaf (in
-  jax.tree.leaves order) for the loop's NaN/Inf guard."""
+  jax.tree.leaves order) for the loop's NaN/Inf guard. `loss` has `loss_fn`'s
+  signature (train/medium_step.loss_fn adds the qformer image medium's term)."""
 
   def microbatch_grads(params, batch, total_weight, rng):
-    def loss(p):
+    def objective(p):
       if trainable is not None:
         mask = trainable_mask(p, trainable)
         p = jax.tree.map(lambda x, m: x if m else jax.lax.stop_gradient(x), p, mask)
-      return loss_fn(model, p, batch, dropout_rng=rng, total_weight=total_weight)
+      return loss(model, p, batch, dropout_rng=rng, total_weight=total_weight)
 
-    return jax.value_and_grad(loss, has_aux=True)(params)
+    return jax.value_and_grad(objective, has_aux=True)(params)
 
   def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
     params = state["params"]
