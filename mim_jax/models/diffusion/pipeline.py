@@ -47,10 +47,12 @@ class Stage:
   denoiser: Denoiser
 
   @classmethod
-  def load(cls, directory: str | os.PathLike, dtype: str, mesh: Mesh, scheduler: str | None = None) -> "Stage":
+  def load(cls, directory: str | os.PathLike, dtype: str, mesh: Mesh, scheduler: str | None = None,
+           attention_impl: str = "xla") -> "Stage":
     directory = Path(directory)
     index = read_model_index(directory)
-    unet_config, unet_params = load_unet(component_dir(directory, "unet", index), dtype)
+    unet_config, unet_params = load_unet(component_dir(directory, "unet", index), dtype,
+                                         attention_impl=attention_impl)
     names = [name for name in _TOKENIZERS if (index.get(name) or [None])[0]]
     if not names:
       raise ValueError(f"{directory}/model_index.json lists no text_encoder or text_encoder_2 component")
@@ -121,14 +123,15 @@ class StableDiffusion:
 
   @classmethod
   def load(cls, directory: str | os.PathLike, refiner_dir: str | os.PathLike | None = None, dtype: str = "float32",
-           mesh: Mesh | None = None, scheduler: str | None = None) -> "StableDiffusion":
+           mesh: Mesh | None = None, scheduler: str | None = None, attention_impl: str = "xla") -> "StableDiffusion":
     """A diffusers SD 1.x/2.x/XL directory, and optionally an SDXL refiner directory.
     `dtype` ("float32" / "bfloat16") for the UNets and text encoders; the VAE stays
     float32 when its config asks (`force_upcast`). `scheduler` "euler"/"ddim" replaces
-    the directories' own scheduler class (their config still applies)."""
+    the directories' own scheduler class (their config still applies). `attention_impl`
+    "cudnn" uses cuDNN's fused attention in the UNets on NVIDIA GPUs (bfloat16)."""
     mesh = mesh or data_mesh()
-    base = Stage.load(directory, dtype, mesh, scheduler)
-    refiner = None if refiner_dir is None else Stage.load(refiner_dir, dtype, mesh, scheduler)
+    base = Stage.load(directory, dtype, mesh, scheduler, attention_impl)
+    refiner = None if refiner_dir is None else Stage.load(refiner_dir, dtype, mesh, scheduler, attention_impl)
     if refiner is not None and not (base.xl and refiner.xl):
       raise ValueError(f"a refiner ({refiner_dir}) needs an SDXL base and an SDXL refiner (both UNets with "
                        "addition_embed_type 'text_time')")
