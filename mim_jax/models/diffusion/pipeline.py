@@ -159,7 +159,7 @@ class StableDiffusion:
                     latents: np.ndarray | None = None) -> np.ndarray:
     """Images (b, height, width, 3) float32 in [0, 1]. `guidance` defaults to 5.0 (SDXL) or 7.5;
     `denoising_end` is where the refiner takes over (ignored without one); `latents`
-    (b, height/8, width/8, channels) replaces the seeded initial noise."""
+    (b, height / vae_scale, width / vae_scale, channels) replaces the seeded initial noise."""
     if isinstance(descriptions, str) or not descriptions or not all(isinstance(d, str) for d in descriptions):
       raise ValueError("descriptions must be a non-empty list of strings")
     height, width = self._size(height, width)
@@ -186,7 +186,9 @@ class StableDiffusion:
   def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
     native = (self.base.unet_config.sample_size or 64) * self.vae_scale
     height, width = height or native, width or native
-    multiple = self.vae_scale * 2 ** (len(self.base.unet_config.block_out_channels) - 1)
+    # Every UNet level halves the latents, and the up path must land on the skips' sizes.
+    levels = max(len(stage.unet_config.block_out_channels) for stage in (self.base, self.refiner) if stage)
+    multiple = self.vae_scale * 2 ** (levels - 1)
     if height % multiple or width % multiple:
       raise ValueError(f"height and width must be multiples of {multiple} for this model, got {height}x{width}")
     return height, width
