@@ -5,6 +5,7 @@ and abstract weights: whether a batch fits a chip before a pod is booked.
 
   python launch/sdxl_aot_compile.py --topology v5p:2x2x2
   python launch/sdxl_aot_compile.py --topology v5e:2x2 --per_chip 2 --dtype bfloat16 --refiner
+  python launch/sdxl_aot_compile.py --topology local --attention_impl cudnn --refiner   # on a GPU machine
 
 The batch (`--per_chip` descriptions per chip) is split over every device along
 `data`; weights are replicated (2.6 B UNet params: 5.1 GB in bfloat16).
@@ -49,9 +50,10 @@ def _memory(compiled) -> dict:
               code=m.generated_code_size_in_bytes, total=total)
 
 
-def compile_denoiser(unet_values: dict, mesh, batch: int, dtype: str, num_time_ids: int, context_dim: int) -> dict:
+def compile_denoiser(unet_values: dict, mesh, batch: int, dtype: str, num_time_ids: int, context_dim: int,
+                     attention_impl: str = "xla") -> dict:
   """Lowers and compiles the 40-step guided loop of one UNet; memory per device."""
-  config = UNetConfig.from_diffusers(unet_values, dtype=dtype)
+  config = UNetConfig.from_diffusers(unet_values, dtype=dtype, attention_impl=attention_impl)
   unet = UNet2DConditionModel(config)
   replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   shapes = jax.eval_shape(unet.init, jax.random.key(0), *unet_example_args(config, num_time_ids))["params"]
@@ -83,17 +85,26 @@ def compile_decoder(mesh, batch: int) -> dict:
   return dict(num_params=sum(math.prod(p.shape) for p in jax.tree.leaves(shapes)), **_memory(compiled))
 
 
-def compile_pipeline(topology: str, per_chip: int = 1, dtype: str = "bfloat16", refiner: bool = False) -> dict:
-  chip = chip_for_topology(topology)
+def _devices(topology: str) -> tuple[list, int, int]:
+  """(devices, chips, HBM bytes per device) of a TPU topology, or of this machine's accelerators ("local")."""
+  if topology == "local":
+    devices = jax.local_devices()
+    return devices, len(devices), (devices[0].memory_stats() or {}).get("bytes_limit", 0)
   devices = topology_devices(topology)
   num_chips = len({tuple(d.coords) for d in devices})
+  return devices, num_chips, chip_for_topology(topology).hbm_bytes * num_chips // len(devices)
+
+
+def compile_pipeline(topology: str, per_chip: int = 1, dtype: str = "bfloat16", refiner: bool = False,
+                     attention_impl: str = "xla") -> dict:
+  devices, num_chips, hbm_per_device = _devices(topology)
   mesh = data_mesh(devices)
   batch = per_chip * num_chips
   jobs = {"base denoise (40 steps, guided)": lambda: compile_denoiser(
-      presets.SDXL_BASE_UNET, mesh, batch, dtype, 6, presets.SDXL_CONTEXT_DIM)}
+      presets.SDXL_BASE_UNET, mesh, batch, dtype, 6, presets.SDXL_CONTEXT_DIM, attention_impl)}
   if refiner:  # the refiner conditions on text_encoder_2 alone (1280) with 5 time ids
     jobs["refiner denoise (40 steps, guided)"] = lambda: compile_denoiser(
-        presets.SDXL_REFINER_UNET, mesh, batch, dtype, 5, presets.SDXL_POOLED_DIM)
+        presets.SDXL_REFINER_UNET, mesh, batch, dtype, 5, presets.SDXL_POOLED_DIM, attention_impl)
   jobs["VAE decode (float32)"] = lambda: compile_decoder(mesh, batch)
   parts = {}
   for name, job in jobs.items():
@@ -101,14 +112,16 @@ def compile_pipeline(topology: str, per_chip: int = 1, dtype: str = "bfloat16", 
     parts[name] = job()
     print(f"compiled {name} in {time.perf_counter() - start:.0f} s", flush=True)
   return dict(topology=topology, devices=len(devices), chips=num_chips, device_kind=devices[0].device_kind,
-              batch=batch, hbm_per_device=chip.hbm_bytes * num_chips // len(devices), parts=parts)
+              batch=batch, hbm_per_device=hbm_per_device, parts=parts)
 
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("topology", "v5p:2x2x2", "TPU topology, <generation>:<chips per axis>.")
+  flags.DEFINE_string("topology", "v5p:2x2x2", "TPU topology, <generation>:<chips per axis>; 'local' compiles "
+                      "for this machine's own devices (e.g. a GPU).")
+  flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "UNet attention ('cudnn' on NVIDIA GPUs only).")
   flags.DEFINE_integer("per_chip", 1, "Descriptions per chip (each is a guided pair in the UNet).")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "UNet weights and compute dtype.")
   flags.DEFINE_bool("refiner", False, "Also compile the SDXL refiner's loop.")
@@ -117,7 +130,7 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  r = compile_pipeline(FLAGS.topology, FLAGS.per_chip, FLAGS.dtype, FLAGS.refiner)
+  r = compile_pipeline(FLAGS.topology, FLAGS.per_chip, FLAGS.dtype, FLAGS.refiner, FLAGS.attention_impl)
   print(f"SDXL {SIZE}x{SIZE}, {STEPS} steps, {FLAGS.dtype} UNet, batch {r['batch']} on {r['topology']}: "
         f"{r['chips']} chips, {r['devices']} devices ({r['device_kind']}), batch split over 'data'")
   size = lambda n: f"{n / GIB:.2f} GiB"
