@@ -9,7 +9,8 @@ import torch
 import transformers
 
 UNET = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
 VAE = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4, layers_per_block=1,
            sample_size=16)
@@ -42,6 +43,11 @@ def save_tiny_clip_tokenizer(directory, pad_token="<|endoftext|>"):
   return transformers.CLIPTokenizer.from_pretrained(str(directory))
 
 
+def _beside(directory, i):
+  """Where a tokenizer's source files go: next to the pipeline, which save_pretrained copies them into."""
+  return directory.with_name(f"{directory.name}_tokenizer_{i}")
+
+
 def _perturb_(model, seed):
   torch.manual_seed(seed)
   with torch.no_grad():
@@ -69,11 +75,12 @@ def vae(seed):
 
 def sd_pipeline(directory, seed=0, scheduler="ddim", **unet_overrides):
   """An SD 1.x-style pipeline (one text encoder, conv projections), saved to `directory`."""
-  scheduler_cls = {"ddim": diffusers.DDIMScheduler, "euler": diffusers.EulerDiscreteScheduler}[scheduler]
+  schedulers = {"ddim": diffusers.DDIMScheduler(**SCHEDULER, clip_sample=False),
+                "euler": diffusers.EulerDiscreteScheduler(**SCHEDULER)}
   pipe = diffusers.StableDiffusionPipeline(
-      vae=vae(seed), text_encoder=text_encoder(32, seed), tokenizer=save_tiny_clip_tokenizer(directory.with_name(directory.name + "_tokenizer")),
+      vae=vae(seed), text_encoder=text_encoder(32, seed), tokenizer=save_tiny_clip_tokenizer(_beside(directory, 1)),
       unet=unet(seed, cross_attention_dim=32, attention_head_dim=(2, 4), **unet_overrides),
-      scheduler=scheduler_cls(**SCHEDULER, clip_sample=False) if scheduler == "ddim" else scheduler_cls(**SCHEDULER),
+      scheduler=schedulers[scheduler],
       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
   pipe.save_pretrained(directory)
   return pipe
@@ -82,7 +89,7 @@ def sd_pipeline(directory, seed=0, scheduler="ddim", **unet_overrides):
 def sdxl_pipeline(directory, seed=0, refiner=False):
   """An SDXL-style base (two encoders: 16 + 24 wide, pooled projection 20) or refiner
   (encoder 2 only, aesthetic score), Euler scheduler, saved to `directory`."""
-  tokenizer_2 = save_tiny_clip_tokenizer(directory.with_name(directory.name + "_tokenizer_2"), pad_token="!")
+  tokenizer_2 = save_tiny_clip_tokenizer(_beside(directory, 2), pad_token="!")
   encoder_2 = text_encoder(24, seed + 1, projection_dim=20)
   time_ids = 5 if refiner else 6
   unet_model = unet(seed, cross_attention_dim=24 if refiner else 40, attention_head_dim=(2, 4),
@@ -96,7 +103,7 @@ def sdxl_pipeline(directory, seed=0, refiner=False):
   else:
     pipe = diffusers.StableDiffusionXLPipeline(
         vae=vae(seed), text_encoder=text_encoder(16, seed), text_encoder_2=encoder_2,
-        tokenizer=save_tiny_clip_tokenizer(directory.with_name(directory.name + "_tokenizer")), tokenizer_2=tokenizer_2, unet=unet_model,
+        tokenizer=save_tiny_clip_tokenizer(_beside(directory, 1)), tokenizer_2=tokenizer_2, unet=unet_model,
         scheduler=scheduler)
   pipe.save_pretrained(directory)
   return pipe

@@ -131,3 +131,5 @@ def test_unsupported_unet_options_are_named():
                                "up_block_types": ["UpBlock2D"] * 2, "block_out_channels": [32, 64]})
   with pytest.raises(ValueError, match="needs addition_time_embed_dim"):
     UNetConfig.from_diffusers({"addition_embed_type": "text_time"})
+  with pytest.raises(ValueError, match="unet.attention_impl is 'flash'; allowed values: xla, cudnn"):
+    UNetConfig.from_diffusers({}, attention_impl="flash")

@@ -99,6 +99,11 @@ def table_from_shapes(shapes: Mapping) -> list[Entry]:
 def load_params(directory: Path, module: nn.Module, example_args: tuple, dtype: str) -> dict:
   """`module`'s params read from the safetensors in `directory`, in `dtype`."""
   reader = CheckpointReader(directory, index_name=f"{WEIGHTS_NAME}.index.json", single_name=WEIGHTS_NAME)
+  return read_params(reader, module, example_args, dtype)
+
+
+def read_params(reader, module: nn.Module, example_args: tuple, dtype: str) -> dict:
+  """`module`'s params from a CheckpointReader (or table.ArrayReader over a state dict), in `dtype`."""
   names = {_modern_name(name): name for name in reader.keys()}
   shapes = shapes_of(jax.eval_shape(module.init, jax.random.key(0), *example_args)["params"])
   params: dict = {}
@@ -109,8 +114,8 @@ def load_params(directory: Path, module: nn.Module, example_args: tuple, dtype: 
     set_path(params, entry.ours, array)
   if names:
     unused = sorted(names.values())
-    raise ValueError(f"{directory}: {len(unused)} tensor(s) the model built from config.json does not use, e.g. "
-                     f"{unused[:3]}; the weights and config.json disagree")
+    raise ValueError(f"{reader.directory}: {len(unused)} tensor(s) the model built from config.json does not use, "
+                     f"e.g. {unused[:3]}; the weights and config.json disagree")
   return params
 
 
@@ -121,13 +126,13 @@ def _modern_name(name: str) -> str:
   return name
 
 
-def load_unet(directory: str | os.PathLike, dtype: str = "float32",
-              weight_dtype: str | None = None) -> tuple[UNetConfig, dict]:
+def load_unet(directory: str | os.PathLike, dtype: str = "float32", weight_dtype: str | None = None,
+              attention_impl: str = "xla") -> tuple[UNetConfig, dict]:
   """(config, params) of a diffusers `unet/` folder; computes in `dtype`, stores weights in
   `weight_dtype` (default: `dtype`)."""
   directory = Path(directory)
   config = UNetConfig.from_diffusers(read_json(directory / "config.json", "point at a diffusers unet/ folder"),
-                                     str(directory / "config.json"), dtype=dtype)
+                                     str(directory / "config.json"), dtype=dtype, attention_impl=attention_impl)
   return config, load_params(directory, UNet2DConditionModel(config), unet_example_args(config), weight_dtype or dtype)
 
 

@@ -29,10 +29,6 @@ class Conditioning:
   pooled_b2d: jax.Array | None = None
   time_ids_b2k: jax.Array | None = None
 
-  @property
-  def batch_size(self) -> int:
-    return self.context_b2sd.shape[0]
-
 
 def _merge_pair(x):  # (b, 2, ...) → (2b, ...), pairs adjacent
   return None if x is None else x.reshape(-1, *x.shape[2:])

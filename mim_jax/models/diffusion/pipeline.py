@@ -47,10 +47,12 @@ class Stage:
   denoiser: Denoiser
 
   @classmethod
-  def load(cls, directory: str | os.PathLike, dtype: str, mesh: Mesh, scheduler: str | None = None) -> "Stage":
+  def load(cls, directory: str | os.PathLike, dtype: str, mesh: Mesh, scheduler: str | None = None,
+           attention_impl: str = "xla") -> "Stage":
     directory = Path(directory)
     index = read_model_index(directory)
-    unet_config, unet_params = load_unet(component_dir(directory, "unet", index), dtype)
+    unet_config, unet_params = load_unet(component_dir(directory, "unet", index), dtype,
+                                         attention_impl=attention_impl)
     names = [name for name in _TOKENIZERS if (index.get(name) or [None])[0]]
     if not names:
       raise ValueError(f"{directory}/model_index.json lists no text_encoder or text_encoder_2 component")
@@ -121,14 +123,15 @@ class StableDiffusion:
 
   @classmethod
   def load(cls, directory: str | os.PathLike, refiner_dir: str | os.PathLike | None = None, dtype: str = "float32",
-           mesh: Mesh | None = None, scheduler: str | None = None) -> "StableDiffusion":
+           mesh: Mesh | None = None, scheduler: str | None = None, attention_impl: str = "xla") -> "StableDiffusion":
     """A diffusers SD 1.x/2.x/XL directory, and optionally an SDXL refiner directory.
     `dtype` ("float32" / "bfloat16") for the UNets and text encoders; the VAE stays
     float32 when its config asks (`force_upcast`). `scheduler` "euler"/"ddim" replaces
-    the directories' own scheduler class (their config still applies)."""
+    the directories' own scheduler class (their config still applies). `attention_impl`
+    "cudnn" uses cuDNN's fused attention in the UNets on NVIDIA GPUs (bfloat16)."""
     mesh = mesh or data_mesh()
-    base = Stage.load(directory, dtype, mesh, scheduler)
-    refiner = None if refiner_dir is None else Stage.load(refiner_dir, dtype, mesh, scheduler)
+    base = Stage.load(directory, dtype, mesh, scheduler, attention_impl)
+    refiner = None if refiner_dir is None else Stage.load(refiner_dir, dtype, mesh, scheduler, attention_impl)
     if refiner is not None and not (base.xl and refiner.xl):
       raise ValueError(f"a refiner ({refiner_dir}) needs an SDXL base and an SDXL refiner (both UNets with "
                        "addition_embed_type 'text_time')")
@@ -156,7 +159,7 @@ class StableDiffusion:
                     latents: np.ndarray | None = None) -> np.ndarray:
     """Images (b, height, width, 3) float32 in [0, 1]. `guidance` defaults to 5.0 (SDXL) or 7.5;
     `denoising_end` is where the refiner takes over (ignored without one); `latents`
-    (b, height/8, width/8, channels) replaces the seeded initial noise."""
+    (b, height / vae_scale, width / vae_scale, channels) replaces the seeded initial noise."""
     if isinstance(descriptions, str) or not descriptions or not all(isinstance(d, str) for d in descriptions):
       raise ValueError("descriptions must be a non-empty list of strings")
     height, width = self._size(height, width)
@@ -183,7 +186,9 @@ class StableDiffusion:
   def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
     native = (self.base.unet_config.sample_size or 64) * self.vae_scale
     height, width = height or native, width or native
-    multiple = self.vae_scale * 2 ** (len(self.base.unet_config.block_out_channels) - 1)
+    # Every UNet level halves the latents, and the up path must land on the skips' sizes.
+    levels = max(len(stage.unet_config.block_out_channels) for stage in (self.base, self.refiner) if stage)
+    multiple = self.vae_scale * 2 ** (levels - 1)
     if height % multiple or width % multiple:
       raise ValueError(f"height and width must be multiples of {multiple} for this model, got {height}x{width}")
     return height, width

@@ -48,7 +48,7 @@ class TextEncoder:
     ids = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
                          return_tensors="np").input_ids
     full = self.tokenizer(list(texts), truncation=False).input_ids
-    for text, tokens in zip(texts, full):
+    for tokens in full:
       if len(tokens) > self.max_length:
         dropped = self.tokenizer.decode(tokens[self.max_length - 1:-1])
         warnings.warn(f"description truncated to CLIP's {self.max_length} tokens; dropped: {dropped!r}",

@@ -23,6 +23,7 @@ class Attention(nn.Module):
   num_heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x_btd: jax.Array, context_bsd: jax.Array | None = None) -> jax.Array:
@@ -31,7 +32,7 @@ class Attention(nn.Module):
     project = lambda name, y: nn.Dense(inner, use_bias=False, dtype=self.dtype, name=name)(y).reshape(
         *y.shape[:2], self.num_heads, self.head_dim)
     q_btnh, k_bsnh, v_bsnh = project("to_q", x_btd), project("to_k", context_bsd), project("to_v", context_bsd)
-    out_btnh = dot_product_attention(q_btnh, k_bsnh, v_bsnh, None)
+    out_btnh = dot_product_attention(q_btnh, k_bsnh, v_bsnh, None, impl=self.attention_impl)
     return nn.Dense(x_btd.shape[-1], dtype=self.dtype, name="to_out_0")(out_btnh.reshape(*x_btd.shape[:2], inner))
 
 
@@ -63,11 +64,12 @@ class BasicTransformerBlock(nn.Module):
   num_heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x_btd: jax.Array, context_bsd: jax.Array) -> jax.Array:
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
-    attention = lambda name: Attention(self.num_heads, self.head_dim, dtype=self.dtype, name=name)
+    attention = lambda name: Attention(self.num_heads, self.head_dim, self.dtype, self.attention_impl, name=name)
     x_btd = x_btd + attention("attn1")(norm("norm1")(x_btd))
     x_btd = x_btd + attention("attn2")(norm("norm2")(x_btd), context_bsd)
     return x_btd + FeedForward(self.dtype, name="ff")(norm("norm3")(x_btd))
@@ -80,6 +82,7 @@ class Transformer2DModel(nn.Module):
   groups: int
   use_linear_projection: bool
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x_bhwc: jax.Array, context_bsd: jax.Array) -> jax.Array:
@@ -92,6 +95,6 @@ class Transformer2DModel(nn.Module):
     hidden = project(inner, "proj_in")(group_norm(self.groups, 1e-6, self.dtype, "norm")(x_bhwc))
     hidden_btd = hidden.reshape(b, h * w, inner)
     for i in range(self.num_layers):
-      hidden_btd = BasicTransformerBlock(self.num_heads, self.head_dim, self.dtype,
+      hidden_btd = BasicTransformerBlock(self.num_heads, self.head_dim, self.dtype, self.attention_impl,
                                          name=f"transformer_blocks_{i}")(hidden_btd, context_bsd)
     return x_bhwc + project(c, "proj_out")(hidden_btd.reshape(b, h, w, inner))

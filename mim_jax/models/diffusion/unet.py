@@ -38,7 +38,7 @@ class UNet2DConditionModel(nn.Module):
       temb_bd = temb_bd + TimestepEmbedding(cfg.time_embed_dim, dtype, name="add_embedding")(added)
 
     common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, use_linear_projection=cfg.use_linear_projection,
-                  dtype=dtype)
+                  dtype=dtype, attention_impl=cfg.attention_impl)
     x = conv(channels[0], cfg.conv_in_kernel, dtype, "conv_in")(latents_bhwc.astype(dtype))
     skips = [x]
     for i, kind in enumerate(cfg.down_block_types):

@@ -30,13 +30,14 @@ class BlockShape(nn.Module):
   transformer_layers: int = 1
   use_linear_projection: bool = False
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   def resnet(self, i: int) -> ResnetBlock2D:
     return ResnetBlock2D(self.out_channels, self.groups, self.eps, dtype=self.dtype, name=f"resnets_{i}")
 
   def transformer(self, i: int, channels: int) -> Transformer2DModel:
     return Transformer2DModel(self.num_heads, channels // self.num_heads, self.transformer_layers, self.groups,
-                              self.use_linear_projection, self.dtype, name=f"attentions_{i}")
+                              self.use_linear_projection, self.dtype, self.attention_impl, name=f"attentions_{i}")
 
 
 class DownBlock(BlockShape):

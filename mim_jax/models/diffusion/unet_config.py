@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mim_jax.models import config_checks
+from mim_jax.nn.attention import IMPLEMENTATIONS
+
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_BLOCK = "UNetMidBlock2DCrossAttn"
@@ -61,6 +64,7 @@ class UNetConfig:
   conv_out_kernel: int = 3
   sample_size: int | None = None  # the latent size it was trained at (pipelines' default image size / 8)
   dtype: str = "float32"
+  attention_impl: str = "xla"  # nn/attention.py's implementations; "cudnn" on NVIDIA GPUs (bf16/fp16)
 
   @property
   def time_embed_dim(self) -> int:
@@ -111,6 +115,8 @@ class UNetConfig:
         projection_class_embeddings_input_dim=v["projection_class_embeddings_input_dim"],
         conv_in_kernel=v["conv_in_kernel"], conv_out_kernel=v["conv_out_kernel"], sample_size=v.get("sample_size"),
         **overrides)
+    config_checks.check_choice("unet", "attention_impl", config.attention_impl, IMPLEMENTATIONS)
+    config_checks.check_choice("unet", "dtype", config.dtype, config_checks.DTYPES)
     for channels, num_heads in zip(config.block_out_channels, config.num_heads):
       if channels % num_heads:
         raise ValueError(f"{source}: block width {channels} is not divisible by its {num_heads} attention heads")
