@@ -15,7 +15,7 @@ import pytest
 from data_gen.clean import Cleaner
 from data_gen.cluster_step import cluster_step
 from data_gen.embed_step import embed_step
-from data_gen.fewshot import SEED_POOL, load_pool
+from data_gen.fewshot import load_pool
 from data_gen.generate_step import generate_step, outcome_record
 from data_gen.llm import make_client
 from data_gen.outcome import GenerationOutcome

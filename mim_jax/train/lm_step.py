@@ -34,6 +34,15 @@ IMAGE_INPUTS = {"image_starts": "image_starts_bm", "image_rows": "image_rows_bm"
                 "vit_features": "vit_features"}
 
 
+def image_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """MIM's image keyword arguments from a batch; uint8 images are normalised
+  here, exactly as data/images.preprocess_image does on the host."""
+  images = {arg: batch[key] for key, arg in IMAGE_INPUTS.items() if key in batch}
+  if "images" in images and images["images"].dtype == jnp.uint8:
+    images["images"] = jnp.asarray(pixel_table())[images["images"].astype(jnp.int32), jnp.arange(3)]
+  return images
+
+
 def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array], *, dropout_rng: jax.Array | None = None,
             total_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Mean cross-entropy over weighted tokens. With `total_weight` (the whole
@@ -41,9 +50,7 @@ def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array], *, dropout_rn
   mean instead. `images` may be uint8 (normalised here, exactly as
   data/images.preprocess_image does) or float. `dropout_rng` turns dropout on
   (MIM's Q-Former)."""
-  images = {arg: batch[key] for key, arg in IMAGE_INPUTS.items() if key in batch}
-  if "images" in images and images["images"].dtype == jnp.uint8:
-    images["images"] = jnp.asarray(pixel_table())[images["images"].astype(jnp.int32), jnp.arange(3)]
+  images = image_inputs(batch)
   extra = {}
   if dropout_rng is not None:
     extra = {"rngs": {"dropout": dropout_rng}, "deterministic": False}

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 
 from mim_jax.models.image_medium import medium_loss
 from mim_jax.models.mim import MIM
-from mim_jax.train.lm_step import IMAGE_INPUTS, cross_entropy
+from mim_jax.train.lm_step import cross_entropy, image_inputs
 
 
 def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array], *, dropout_rng: jax.Array | None = None,
             total_weight: jax.Array | None = None, medium_weight: float = 1.0) -> tuple[jax.Array, dict]:
-  images = {arg: batch[key] for key, arg in IMAGE_INPUTS.items() if key in batch}
+  images = image_inputs(batch)
   extra = {} if dropout_rng is None else {"rngs": {"dropout": dropout_rng}, "deterministic": False}
   logits_btv, cond_bld = model.apply({"params": params}, batch["tokens"], batch["prompt_starts"],
                                      batch.get("positions"), batch.get("mask"), **images, **extra,
