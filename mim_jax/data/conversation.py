@@ -168,7 +168,7 @@ def read_conversations(path: str | os.PathLike, counts: ProblemCounts | None = N
   counted in `counts`; a file that is not JSON at all raises."""
   path = Path(path)
   counts = counts if counts is not None else ProblemCounts()
-  for index, record in enumerate(_records(path)):
+  for index, record in enumerate(read_json_records(path)):
     try:
       if isinstance(record, ConversationError):
         raise record
@@ -180,9 +180,15 @@ def read_conversations(path: str | os.PathLike, counts: ProblemCounts | None = N
     yield conversation
 
 
-def _records(path: Path) -> Iterator[Any]:
+def read_json_records(path: Path, what: str = "conversation file",
+                      expected: str = "the released format, a JSON list of {'conversation': [...]} objects"
+                      ) -> Iterator[Any]:
+  """The items of a JSON list file, or of a JSONL file (one a line). A JSONL
+  line that is not JSON comes out as a ConversationError to count; a `.json`
+  file that does not parse raises, since nothing in it can be used. `what` and
+  `expected` name the file and its format in those errors."""
   if not path.is_file():
-    raise FileNotFoundError(f"conversation file {path} not found")
+    raise FileNotFoundError(f"{what} {path} not found")
   if path.suffix == ".jsonl":
     with path.open(encoding="utf-8") as lines:
       for number, line in enumerate(lines, 1):
@@ -195,11 +201,9 @@ def _records(path: Path) -> Iterator[Any]:
   try:
     records = json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as error:
-    raise ValueError(
-        f"{path}: not valid JSON ({error}); expected the released TextBind list of conversations") from None
+    raise ValueError(f"{path}: not valid JSON ({error}); expected {expected}") from None
   if not isinstance(records, list):
-    raise ValueError(f"{path}: top level is {type(records).__name__}; the released format is a JSON list of "
-                     "{'conversation': [...]} objects")
+    raise ValueError(f"{path}: top level is {type(records).__name__}; expected {expected}")
   yield from records
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import io
-import json
 import struct
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
-from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts, Turn
+from mim_jax.data.conversation import (IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts, Turn,
+                                      read_json_records)
 from mim_jax.data.images import MAX_PIXELS
 
 # PIL's JPEG draft mode decodes at 1/8 scale: a real decode (truncation shows)
@@ -63,27 +63,8 @@ class ImageFolder:
 
 
 def read_json_items(path: Path) -> Iterator[Any]:
-  """The items of a JSON list file or of a JSONL file (one a line). A JSONL
-  line that is not JSON comes out as a ConversationError to count; a `.json`
-  file that does not parse raises, since nothing in it can be used."""
-  if not path.is_file():
-    raise FileNotFoundError(f"input file {path} not found")
-  if path.suffix == ".jsonl":
-    with path.open(encoding="utf-8") as lines:
-      for number, line in enumerate(lines, 1):
-        if line.strip():
-          try:
-            yield json.loads(line)
-          except json.JSONDecodeError as error:
-            yield ConversationError("malformed", f"{path.name} line {number}: not JSON ({error})")
-    return
-  try:
-    items = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as error:
-    raise ValueError(f"{path}: not valid JSON ({error})") from None
-  if not isinstance(items, list):
-    raise ValueError(f"{path}: top level is {type(items).__name__}, expected a JSON list of records")
-  yield from items
+  """The records of a converter's JSON list or JSONL input (bad JSONL lines come out as ConversationErrors)."""
+  return read_json_records(path, what="input file", expected="a JSON list of records")
 
 
 def field(item: Any, key: str, kind: type | tuple[type, ...], where: str):
