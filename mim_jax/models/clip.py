@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from mim_jax.models.clip_config import ClipConfig, ClipTextConfig, ClipVisionConfig
 from mim_jax.nn.attention import dot_product_attention
-from mim_jax.nn.encoder_layers import Dense, LayerNorm, bias_param
+from mim_jax.nn.encoder_layers import Dense, LayerNorm, bias_param, embed_patches
 from mim_jax.nn.layers import dense_param
 from mim_jax.nn.remat import remat_layer
 from mim_jax.nn.sharding import constrain
@@ -145,26 +145,8 @@ class ClipVisionTower(nn.Module):
   @nn.compact
   def __call__(self, pixels_bhwc: jax.Array, output_hidden_states: bool = False) -> ClipTowerOutput:
     cfg = self.config
-    size, p, d, g = cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.grid_size
-    if pixels_bhwc.ndim != 4 or pixels_bhwc.shape[1:] != (size, size, 3):
-      raise ValueError(
-          f"pixels must be NHWC (batch, {size}, {size}, 3), got shape {pixels_bhwc.shape}; "
-          "preprocess images with mim_jax.data.clip_images"
-      )
-    pd, cd = cfg.weight_dtype, cfg.compute_dtype
-    init = nn.initializers.normal(stddev=cfg.init_std)
-    patch_kernel_ppcd = dense_param(self, "patch_kernel", (p, p, 3, d), (None, None, None, "vit_embed"), pd, p * p * 3)
-    class_d = self.param("class_embedding", nn.with_logical_partitioning(init, ("vit_embed",)), (d,), pd)
-    positions_td = self.param(
-        "position_embedding", nn.with_logical_partitioning(init, (None, "vit_embed")), (cfg.num_positions, d), pd)
-
-    # Non-overlapping patches, row-major over the grid like the conv's flatten(2).
-    b = pixels_bhwc.shape[0]
-    patches_btk = pixels_bhwc.astype(cd).reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5)
-    patches_btk = patches_btk.reshape(b, g * g, p * p * 3)
-    x_btd = jnp.einsum("btk,kd->btd", patches_btk, patch_kernel_ppcd.reshape(p * p * 3, d).astype(cd))
-    class_b1d = jnp.broadcast_to(class_d.astype(cd), (b, 1, d))
-    x_btd = jnp.concatenate([class_b1d, x_btd], axis=1) + positions_td.astype(cd)
+    x_btd = embed_patches(self, cfg, pixels_bhwc, patch_bias=False, preprocess="mim_jax.data.clip_images")
+    cd, pd = cfg.compute_dtype, cfg.weight_dtype
     x_btd = LayerNorm(cfg.norm_eps, cd, pd, name="pre_norm")(x_btd)
     x_btd = constrain(x_btd, ("batch", "length", "act_vit_embed"))
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from mim_jax.models import config_checks
 from mim_jax.nn.attention import dot_product_attention
-from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param
+from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param, embed_patches
 from mim_jax.nn.layers import dense_param
 from mim_jax.nn.remat import POLICY_NAMES, remat_layer
 from mim_jax.nn.sharding import constrain
@@ -127,28 +127,8 @@ class EvaViT(nn.Module):
   @nn.compact
   def __call__(self, pixels_bhwc: jax.Array) -> jax.Array:
     cfg = self.config
-    size, p, d, g = cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.grid_size
-    if pixels_bhwc.ndim != 4 or pixels_bhwc.shape[1:] != (size, size, 3):
-      raise ValueError(
-          f"pixels must be NHWC (batch, {size}, {size}, 3), got shape {pixels_bhwc.shape}; "
-          "preprocess images with mim_jax.data.images"
-      )
+    x_btd = embed_patches(self, cfg, pixels_bhwc, patch_bias=True, preprocess="mim_jax.data.images")
     pd, cd = cfg.weight_dtype, cfg.compute_dtype
-    init = nn.initializers.normal(stddev=cfg.init_std)
-    patch_kernel_ppcd = dense_param(self, "patch_kernel", (p, p, 3, d), (None, None, None, "vit_embed"), pd, p * p * 3)
-    patch_bias_d = bias_param(self, "patch_bias", (d,), ("vit_embed",), pd)
-    class_d = self.param("class_embedding", nn.with_logical_partitioning(init, ("vit_embed",)), (d,), pd)
-    positions_td = self.param(
-        "position_embedding", nn.with_logical_partitioning(init, (None, "vit_embed")), (cfg.num_positions, d), pd)
-
-    # Non-overlapping patches, row-major over the grid like the conv's flatten(2).
-    b = pixels_bhwc.shape[0]
-    patches_btk = pixels_bhwc.astype(cd).reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5)
-    patches_btk = patches_btk.reshape(b, g * g, p * p * 3)
-    x_btd = jnp.einsum("btk,kd->btd", patches_btk, patch_kernel_ppcd.reshape(p * p * 3, d).astype(cd))
-    x_btd = x_btd + patch_bias_d.astype(cd)
-    class_b1d = jnp.broadcast_to(class_d.astype(cd), (b, 1, d))
-    x_btd = jnp.concatenate([class_b1d, x_btd], axis=1) + positions_td.astype(cd)
     x_btd = constrain(x_btd, ("batch", "length", "act_vit_embed"))
 
     layer = remat_layer(VisionLayer, cfg.remat_policy, cfg.scan_layers)
