@@ -23,8 +23,6 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-ITEMS = ("params", "opt_state", "meta", "input")
-
 
 @dataclasses.dataclass
 class InputStateSave(ocp.args.CheckpointArgs):

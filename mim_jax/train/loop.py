@@ -41,15 +41,13 @@ class Preempted(Exception):
 
 def model_config_dict(cfg) -> dict:
   if isinstance(cfg, MIMConfig):
-    return {"llm": cfg.llm.to_dict(), "vision": cfg.vision.to_dict(), "qformer": cfg.qformer.to_dict()}
+    return {"llm": cfg.llm.to_dict(), "vision": cfg.vision.to_dict(), "qformer": cfg.qformer.to_dict(),
+            "medium": cfg.medium.to_dict()}
   return cfg.to_dict()
 
 
 def _readers(config, tokenizer, cfg) -> ReaderGroup:
   data, train = config.data, config.train
-  if not data.sources:
-    raise ValueError("config.data.sources is empty; add one, e.g. "
-                     "--config.data.sources.textbind.path=/data/textbind_conversations/1.0.0")
   data_dir = epath.Path(data.data_dir).expanduser()
   sources = [DataSource(path=str(data_dir / s.path), weight=s.weight, split=s.split) for s in data.sources.values()]
   features = FeatureConfig(
