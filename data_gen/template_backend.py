@@ -9,6 +9,10 @@ three images, as the sampler draws 2 or 3) and pass cleaning,
 which is all they are for: running the pipeline end to end offline (CI,
 smoke runs, benchmarks of everything but the model). They carry no world
 knowledge and no real reasoning about the images; never train on them.
+
+It keeps to `requests_per_minute` like the real client (tokens cost it
+nothing), so a smoke run can pace itself as a run against an API quota
+would, shared state file included.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import random
 
 from data_gen.dialogue import ASSISTANT, HUMAN, image_tag
 from data_gen.llm import Completion, LLMConfig, LLMFailure, LLMRequest
+from data_gen.rate_limit import RateLimiter
 
 OPENERS = ("I came across this picture today.", "Take a look at this photo I took.",
            "A friend just sent me this.", "I found this in an old album.")
@@ -43,6 +48,8 @@ class TemplateClient:
 
   def __init__(self, config: LLMConfig):
     self.config = config
+    self.limiter = RateLimiter(config.requests_per_minute, burst_s=config.rate_burst_s,
+                               state_file=config.rate_state_file)
 
   async def __aenter__(self) -> "TemplateClient":
     return self
@@ -54,6 +61,7 @@ class TemplateClient:
     if len(request.captions) < 2:
       return LLMFailure("llm_template_needs_images",
                         f"the template backend needs at least 2 captions, got {len(request.captions)}", 1)
+    await self.limiter.acquire(0)
     return Completion(compose_dialogue(request.captions, random.Random(request.id)), "stop", 1)
 
 

@@ -213,6 +213,14 @@ def test_the_client_spends_its_requests_through_the_limiter(monkeypatch):
   assert elapsed >= 5 / 5 * 0.95  # 6 requests through a bucket that refills one every 1/5 s
 
 
+def test_the_template_backend_keeps_to_the_request_rate():
+  client = make_client({"backend": "template", "requests_per_minute": 600, "rate_burst_s": 0.1})  # 10/s, holds 1
+  start = time.perf_counter()
+  outcomes = generate_conversations(tasks(4), load_pool(), client, seed=0)
+  assert all(o.kept for o in outcomes.values())
+  assert time.perf_counter() - start >= 3 / 10 * 0.95
+
+
 def test_processes_sharing_a_state_file_take_turns(tmp_path):
   script = ("import asyncio, sys, time\n"
             "from data_gen.rate_limit import RateLimiter\n"
