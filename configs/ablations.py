@@ -12,12 +12,17 @@ r"""Stage-2 ablations, each one change to configs/mim_stage2.py.
   textbind_only    mixture: TextBind conversations alone
   no_textbind      mixture: everything but TextBind (what TextBind adds)
   textbind_upweighted  mixture: TextBind sampled 5× its share
+  qformer_medium   the image medium (spec §2): GILL-like learned prompts + mapper onto SD's text conditioning,
+                   trained with MSE to the SD text encoder's caption embeddings, instead of writing descriptions.
+                   Set --config.medium_targets=<SD 1.x/2.x diffusers dir> (default SD-2.1 shapes, 77 × 1024; for
+                   `tiny`, an SD whose text encoder is 32 wide, or set model.medium.cond_dim to its width)
 """
 from __future__ import annotations
 
 import ml_collections
 
 from configs import mim_stage2
+from mim_jax.train.freeze import MEDIUM_TRAINABLE
 
 _LLM = (r"^llm/",)
 _IMAGE_SIDE = (r"^image_encoder/(qformer|query_tokens|projection)(/|$)",)
@@ -43,6 +48,11 @@ def _no_branches(config):
   config.data.caption_branches = False
 
 
+def _qformer_medium(config):
+  config.model.medium.kind = "qformer"
+  config.trainable = tuple(config.trainable) + MEDIUM_TRAINABLE
+
+
 def _keep_sources(*names):
   def apply(config):
     for name in list(config.data.sources.keys()):
@@ -66,7 +76,7 @@ def _upweight(name, factor):
 ABLATIONS = {
     "frozen_llm": _frozen_llm, "llm_only": _llm_only, "llm_low_lr": _llm_low_lr, "original_mask": _original_mask,
     "no_branches": _no_branches, "textbind_only": _keep_sources("textbind"), "no_textbind": _drop_source("textbind"),
-    "textbind_upweighted": _upweight("textbind", 5.0),
+    "textbind_upweighted": _upweight("textbind", 5.0), "qformer_medium": _qformer_medium,
 }
 _MIXTURE_ABLATIONS = ("textbind_only", "no_textbind", "textbind_upweighted")
 
@@ -82,4 +92,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     raise ValueError(f"{name} changes the stage-2 mixture, which the tiny synthetic data does not have; run it at "
                      "full size")
   ABLATIONS[name](config)
+  if size == "tiny" and name == "qformer_medium":
+    config.model.medium.update(cond_dim=32, num_prompt_tokens=4, mapper_width=32, mapper_layers=1, mapper_heads=4,
+                               mapper_mlp_dim=64)
+    config.train.seq_len = 160  # room for the synthetic conversations' second (assistant) image
   return config

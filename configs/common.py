@@ -54,6 +54,7 @@ def init(**paths) -> ml_collections.ConfigDict:
 
 def train(**overrides) -> ml_collections.ConfigDict:
   values = dict(steps=1000, batch_size=64, seq_len=768, images_per_batch=192, grad_accum_steps=1, seed=0,
-                log_every=10, dropout=True, reset_data_on_resume=False, peak_flops_per_device=0.0)
+                log_every=10, dropout=True, reset_data_on_resume=False, peak_flops_per_device=0.0,
+                medium_loss_weight=1.0)  # the qformer image medium's MSE term, next to the cross-entropy
   values.update(overrides)
   return ml_collections.ConfigDict(values)

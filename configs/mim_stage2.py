@@ -33,6 +33,8 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.model = models.mim(arg)
   config.tokenizer = ""  # a HF Llama tokenizer directory; empty: a sentencepiece model trained for tiny runs
   config.init = common.init()
+  # The qformer image medium's targets: a diffusers SD 1.x/2.x directory (train/medium_targets.py).
+  config.medium_targets = ""
   config.trainable = STAGE_TRAINABLE["stage2"]
   config.mesh = common.mesh()
   config.sharding_rules = common.sharding_rules()

@@ -45,7 +45,7 @@ from mim_jax.models import mim  # noqa: E402
 from mim_jax.models.llama import Llama, boxed_init_fn  # noqa: E402
 from mim_jax.models.mim import MIM, MIMConfig  # noqa: E402
 from mim_jax.nn.sharding import create_mesh  # noqa: E402
-from mim_jax.train import lm_step  # noqa: E402
+from mim_jax.train import lm_step, medium_step  # noqa: E402
 from mim_jax.train.freeze import trains_under  # noqa: E402
 from mim_jax.train.metrics import step_flops  # noqa: E402
 from mim_jax.train.optimizer import make_optimizer  # noqa: E402
@@ -112,6 +112,8 @@ def _model_parts(config, cfg):
                                lr_multipliers=tuple(tuple(r) for r in config.optimizer.get("lr_multipliers", ())))
     step_kwargs = dict(trainable=trainable, accum_steps=config.train.get("grad_accum_steps", 1),
                        dropout_seed=config.train.seed if config.train.get("dropout", False) else None)
+    if cfg.medium.kind == "qformer":  # as the loop; the frozen SD text encoder runs outside the step
+      step_kwargs["loss"] = medium_step.weighted(config.train.get("medium_loss_weight", 1.0))
     return mim.boxed_init_fn(cfg), MIM(cfg), optimizer, step_kwargs
   return boxed_init_fn(cfg), Llama(cfg), make_optimizer(config.optimizer, config.train.steps), {}
 
@@ -134,6 +136,13 @@ def _abstract_batch(config, cfg, data) -> dict:
         image_rows=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
         images=jax.ShapeDtypeStruct((n, size, size, 3), jnp.uint8, sharding=data),
     )
+    if cfg.medium.kind == "qformer":
+      batch.update(
+          medium_starts=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
+          medium_valid=jax.ShapeDtypeStruct((b, m), jnp.bool_, sharding=data),
+          medium_targets=jax.ShapeDtypeStruct((b, m, cfg.medium.cond_length, cfg.medium.cond_dim), jnp.float32,
+                                              sharding=data),
+      )
   return batch
 
 

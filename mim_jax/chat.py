@@ -13,6 +13,9 @@ Input, one message per line:
 `--checkpoint` is a Hugging Face Blip2-format MIM directory (mim_jax.convert.mim
 save_hf_mim, or transformers' Blip2ForConditionalGeneration with a Llama LLM);
 its tokenizer is read from the same directory unless --tokenizer is given.
+A checkpoint of the qformer image-medium ablation (it has image_medium.json)
+renders from the medium's conditioning instead of a description, which needs
+an SD 1.x/2.x --sd whose text encoder the medium was trained against.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ def parse_args(argv):
   parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint directory)")
   parser.add_argument("--renderer", choices=("sd", "placeholder"), default="sd",
                       help=f"sd: Stable Diffusion from --sd (and --refiner); placeholder: {PLACEHOLDER_HELP}")
-  parser.add_argument("--sd", help="diffusers Stable Diffusion (XL base) directory, for --renderer=sd")
+  parser.add_argument("--sd", help="diffusers Stable Diffusion (XL base) directory, for --renderer=sd "
+                      "(SD 1.x/2.x for a qformer-medium checkpoint)")
   parser.add_argument("--refiner", help="diffusers SDXL refiner directory (optional)")
   parser.add_argument("--sd-steps", type=int, default=40)
   parser.add_argument("--sd-seed", type=int, default=42)
@@ -54,14 +58,19 @@ def parse_args(argv):
   return args
 
 
-def make_renderer(args):
-  from mim_jax.infer.renderers import PlaceholderRenderer
+def make_renderer(args, medium: str = "language"):
+  """Descriptions → images (the language medium), or the qformer medium's SD conditioning → images."""
+  from mim_jax.infer.renderers import PlaceholderEmbeddingRenderer, PlaceholderRenderer
 
   if args.renderer == "placeholder":
-    return PlaceholderRenderer(size=256)
+    return PlaceholderRenderer(size=256) if medium == "language" else PlaceholderEmbeddingRenderer(size=256)
   from mim_jax.models.diffusion.pipeline import StableDiffusion
 
   pipe = StableDiffusion.load(args.sd, refiner_dir=args.refiner, dtype=args.sd_dtype)
+  if medium == "qformer":
+    from mim_jax.infer.sd_embedding_renderer import StableDiffusionEmbeddingRenderer
+
+    return StableDiffusionEmbeddingRenderer(pipe, seed=args.sd_seed, steps=args.sd_steps)
   return functools.partial(pipe.render, seed=args.sd_seed, steps=args.sd_steps)
 
 
@@ -80,7 +89,8 @@ def make_session(args):
                      f"{config.llm.vocab_size}; pass the tokenizer the model was trained with (--tokenizer)")
   sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             stop_ids=(tokenizer.eos_id,))
-  generator = MIMGenerator(config, jax.device_put(params), tokenizer, make_renderer(args), sampling=sampling,
+  renderer = make_renderer(args, config.medium.kind)
+  generator = MIMGenerator(config, jax.device_put(params), tokenizer, renderer, sampling=sampling,
                            limits=TurnLimits(max_images=args.images_per_turn), max_prompt_len=args.max_prompt_len)
   return ChatSession(generator, args.output, seed=args.seed)
 

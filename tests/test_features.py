@@ -87,6 +87,31 @@ def test_hand_checked_two_turn_conversation(tok):
     np.testing.assert_array_equal(build_features(two_turns(text), tok, config).tokens, f.tokens)
 
 
+def test_qformer_medium_branch_replaces_the_caption_branch(tok):
+  """With the qformer medium an assistant image gets `[<start>, pad × N]` at
+  the image's positions, untrained, and its caption becomes the target text."""
+  n, prompts = 4, 3
+  caption = FeatureConfig(max_len=80, max_images=3, num_image_tokens=n)
+  medium = FeatureConfig(max_len=80, max_images=3, num_image_tokens=n, medium_prompt_tokens=prompts, pad_id=0)
+  c, f = build_features(two_turns(), tok, caption), build_features(two_turns(), tok, medium)
+  main, asst_image = c.main_length, c.image_starts[1]
+  branch = slice(main, main + 1 + prompts)
+  # The main sequence is the language medium's, `<start>` target included.
+  for name in ("tokens", "targets", "weights", "positions"):
+    np.testing.assert_array_equal(getattr(f, name)[:main], getattr(c, name)[:main])
+  np.testing.assert_array_equal(f.mask[:main, :main], c.mask[:main, :main])
+  np.testing.assert_array_equal(f.tokens[branch], [tok.start_id] + [0] * prompts)
+  np.testing.assert_array_equal(f.positions[branch], asst_image + np.arange(1 + prompts))
+  assert not f.weights[main:].any()  # nothing in a medium branch is predicted
+  np.testing.assert_array_equal(f.mask[branch, :main], np.arange(main)[None, :].repeat(1 + prompts, 0) < asst_image)
+  np.testing.assert_array_equal(f.mask[branch, branch], np.tri(1 + prompts, dtype=bool))
+  assert f.length == main + 1 + prompts
+  np.testing.assert_array_equal(f.medium_starts, [0, main + 1, 0])
+  np.testing.assert_array_equal(f.medium_valid, [False, True, False])
+  assert f.medium_captions == ("", "a blue bus near a park", "")
+  assert not c.medium_valid.any()
+
+
 def test_hand_checked_truncation(tok):
   n = 4
   u0, u1, a0 = tok.encode("[INST]"), tok.encode("What is shown here? [/INST]"), tok.encode("It is a bus.")

@@ -1,5 +1,7 @@
 """The `qformer` image medium (spec §2 ablation): its loss trains on a tiny run,
 and generation renders from the same conditioning the training view computes."""
+import io
+
 import numpy as np
 import optax
 import pytest
@@ -9,7 +11,9 @@ import jax.numpy as jnp
 from configs import mim_stage2
 import diffusion_helpers
 from helpers import bigram_mim_params, text_ids, tiny_mim_config, tiny_mim_tokenizer
+from mim_jax import chat as chat_cli
 from mim_jax.config import model_config
+from mim_jax.convert.mim import load_hf_mim, save_hf_mim, save_textbind
 from mim_jax.data.conversation import Conversation, Turn
 from mim_jax.data.features import FeatureConfig, build_features
 from mim_jax.infer.generate import SamplingConfig
@@ -72,7 +76,8 @@ def test_medium_loss_trains_the_mapper_on_captions(tokenizer, tmp_path):
   targets = sd_caption_embeddings(tmp_path, CAPTIONS)
   assert targets.shape == (len(CAPTIONS), MEDIUM.cond_length, MEDIUM.cond_dim)
   batch = {"tokens": tokens_bt, "targets": np.zeros_like(tokens_bt), "weights": np.zeros(tokens_bt.shape, np.float32),
-           "prompt_starts": starts_b, "medium_targets": targets, "medium_weights": np.ones(len(CAPTIONS), np.float32)}
+           "medium_starts": starts_b[:, None], "medium_targets": targets[:, None],
+           "medium_valid": np.ones((len(CAPTIONS), 1), bool)}
   # GILL's setting: only the prompt embeddings and the mapper train.
   optimizer = freeze(optax.adam(3e-2), MEDIUM_TRAINABLE)
   step = jax.jit(make_train_step(MIM(cfg), optimizer, loss=medium_step.loss_fn))
@@ -140,3 +145,22 @@ def test_sd_embedding_renderer_equals_rendering_the_text(tmp_path):
   assert not np.array_equal(np.asarray(got[0]), np.asarray(got[1]))
   with pytest.raises(ValueError, match="medium.cond_length / cond_dim"):
     renderer(context[:, :10])
+
+
+def test_hf_export_carries_the_medium_and_the_chat_cli_renders_from_it(tokenizer, tmp_path):
+  cfg = tiny_mim_config(tokenizer, MEDIUM)
+  params = bigram_mim_params(cfg, tokenizer)
+  save_hf_mim(tmp_path / "ckpt", cfg, params, tokenizer=tokenizer, dtype="float32")
+  loaded_cfg, loaded = load_hf_mim(tmp_path / "ckpt")
+  assert loaded_cfg == cfg
+  jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, params))
+  with pytest.raises(ValueError, match="release format has no image medium"):
+    save_textbind(tmp_path / "mim.safetensors", cfg, params)
+
+  stdout = io.StringIO()
+  code = chat_cli.main(["--checkpoint", str(tmp_path / "ckpt"), "--renderer=placeholder", "--output",
+                        str(tmp_path / "out"), "--max-new-tokens", "40", "--images-per-turn", "1"],
+                       io.StringIO("a photo of cats\n/quit\n"), stdout)
+  assert code == 0, stdout.getvalue()
+  images = [line for line in stdout.getvalue().splitlines() if line.startswith("[image: ")]
+  assert images == [f"[image: {tmp_path / 'out' / 'image_0001.png'}]"]

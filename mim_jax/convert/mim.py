@@ -6,6 +6,10 @@
    several images per sequence, in user and assistant turns, load and run there.
    Caption branches (tree masks) are a training-time construct and need no
    export.
+   With the `qformer` image medium (spec §2 ablation) the directory also holds
+   `image_medium.json` (its MediumConfig) and `image_medium.safetensors`
+   (prompt embeddings and mapper, by our param paths): transformers ignores
+   them; `load_hf_mim` reads them back.
 2. TextBind's original release: one state dict with `query_tokens`, `qformer.*`,
    `qformer_projection.*`, `language_model.*` and the vision model saved
    separately. `.safetensors` is read and written without torch; `.pt`/`.bin`
@@ -25,9 +29,11 @@ from mim_jax.convert import blip2, llama
 from mim_jax.convert.safetensors_io import CheckpointReader, SafetensorsFile, write_safetensors, write_sharded
 from mim_jax.convert.table import ArrayReader, read_config_json
 from mim_jax.data.images import CLIP_MEAN, CLIP_STD
+from mim_jax.models.image_medium import MediumConfig
 from mim_jax.models.mim import MIMConfig
 
 TEXTBIND_PROJECTION = "qformer_projection."
+MEDIUM_CONFIG, MEDIUM_WEIGHTS = "image_medium.json", "image_medium.safetensors"
 
 
 def load_hf_mim(directory: str | os.PathLike, *, with_vision: bool = True, llm_overrides=None,
@@ -42,7 +48,43 @@ def load_hf_mim(directory: str | os.PathLike, *, with_vision: bool = True, llm_o
       "image_encoder": blip2.load_image_encoder_params(reader, vision, qformer_cfg, llm_width, with_vision=with_vision),
       "llm": llama.load_llama_params(reader, llm_cfg, "language_model."),
   }
-  return MIMConfig(llm_cfg, vision, qformer_cfg), params
+  medium = MediumConfig()
+  if (Path(directory) / MEDIUM_CONFIG).is_file():
+    medium = MediumConfig.from_dict(json.loads((Path(directory) / MEDIUM_CONFIG).read_text()))
+    params["image_medium"] = _load_medium(Path(directory) / MEDIUM_WEIGHTS)
+  return MIMConfig(llm_cfg, vision, qformer_cfg, medium), params
+
+
+def _save_medium(directory: Path, cfg: MIMConfig, params: Mapping, np_dtype) -> None:
+  if cfg.medium.kind != "qformer":
+    return
+  flat = {}
+
+  def walk(node, path):
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        walk(value, f"{path}{key}/")
+      else:
+        flat[f"{path}{key}"] = np.asarray(value).astype(np_dtype)
+
+  walk(params["image_medium"], "")
+  write_safetensors(directory / MEDIUM_WEIGHTS, flat)
+  (directory / MEDIUM_CONFIG).write_text(json.dumps(cfg.medium.to_dict(), indent=2))
+
+
+def _load_medium(path: Path) -> dict:
+  if not path.is_file():
+    raise FileNotFoundError(f"{path.parent}/{MEDIUM_CONFIG} names a qformer image medium but {path.name} is missing; "
+                            f"export the run again with python -m mim_jax.train.export")
+  reader = SafetensorsFile(path)
+  params: dict = {}
+  for name in reader.keys():
+    *parents, leaf = name.split("/")
+    node = params
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = reader.get(name)
+  return params
 
 
 def _tensors(cfg: MIMConfig, params: Mapping, dtype: np.dtype, projection_prefix: str,
@@ -81,6 +123,7 @@ def save_hf_mim(directory: str | os.PathLike, cfg: MIMConfig, params: Mapping, *
       "torch_dtype": dtype,
   }
   (directory / "config.json").write_text(json.dumps(config, indent=2))
+  _save_medium(directory, cfg, params, np_dtype)
   llama.write_generation_config(directory, token_ids)
   processor = {
       "image_processor_type": "BlipImageProcessor", "processor_class": "Blip2Processor",
@@ -132,6 +175,8 @@ def load_textbind(mim_path: str | os.PathLike, cfg: MIMConfig, vision_path: str 
 def save_textbind(mim_path: str | os.PathLike, cfg: MIMConfig, params: Mapping, *,
                   vision_path: str | os.PathLike | None = None, dtype: str = "bfloat16") -> None:
   """Writes TextBind's layout; `.safetensors` without torch, `.pt`/`.bin` with torch.save."""
+  if cfg.medium.kind != "language":
+    raise ValueError("TextBind's release format has no image medium; export a qformer-medium run in the HF format")
   np_dtype = llama.EXPORT_DTYPES[dtype]
   _write_state_dict(mim_path, _tensors(cfg, params, np_dtype, TEXTBIND_PROJECTION, with_vision=False), dtype)
   if vision_path is not None:

@@ -17,7 +17,8 @@ devices (rows stay where the batch sharding put them).
 
 Over budget: examples are never split; an example whose images do not fit its
 microbatch's remaining budget keeps its text but gets zero loss weight, and
-its images are not encoded. `dropped` counts them so the loop can report it;
+its images are not encoded (with the qformer medium, its medium targets get
+no weight either). `dropped` counts them so the loop can report it;
 raise train.images_per_batch if it is ever non-zero.
 """
 from __future__ import annotations
@@ -49,12 +50,15 @@ def pack_batch(batch: dict[str, np.ndarray], *, budget: int, accum_steps: int = 
   image_rows_bm = np.full(valid_bm.shape, -1, np.int32)
   images = np.zeros((budget,) + batch["pixels"].shape[2:], np.uint8)
   weights = batch["weights"].copy()
+  medium_valid = batch["medium_valid"].copy() if "medium_valid" in batch else None
   used = np.zeros(accum_steps, np.int32)
   dropped = 0
   for b in range(rows):
     micro, slots = b % accum_steps, np.flatnonzero(valid_bm[b])
     if used[micro] + len(slots) > per_micro:
       weights[b] = 0
+      if medium_valid is not None:
+        medium_valid[b] = False
       dropped += 1
       continue
     for m in slots:
@@ -63,6 +67,8 @@ def pack_batch(batch: dict[str, np.ndarray], *, budget: int, accum_steps: int = 
       images[j * accum_steps + micro] = batch["pixels"][b, m]
       used[micro] += 1
   out.update(weights=weights, image_rows=image_rows_bm, images=images)
+  if medium_valid is not None:
+    out["medium_valid"] = medium_valid
   return out, dropped
 
 

@@ -43,6 +43,15 @@ no allowed key is well defined in our dense path, but not in every fused kernel
 (cuDNN, splash), and a NaN there would poison the loss even at weight 0.
 Padding has token `pad_id`, position 0, weight 0, `valid` False.
 
+The `qformer` image medium (`medium_prompt_tokens` = N > 0) replaces each
+caption branch by a medium branch `[<start>, pad × N]` with the same
+positions and mask and weight 0: the model writes its N learned prompt
+embeddings over the pads (MIM.medium_forward), as inference writes them after
+a sampled `<start>`, and the mapper regresses their states onto the SD text
+encoder's embedding of the caption. `medium_starts[slot]` is the first pad's
+index, `medium_valid[slot]` marks the images that have one, and
+`medium_captions[slot]` is the caption to embed.
+
 Truncation to max_len, in this order: branches are dropped from the end until
 the rest fits (a branch is kept whole or not at all); if the main sequence
 alone is too long it is cut at max_len, moved back to the start of an image run
@@ -64,7 +73,7 @@ from mim_jax.data.tokenizer import Tokenizer
 
 B_INST, E_INST = "[INST]", "[/INST]"
 ARRAY_FIELDS = ("tokens", "targets", "weights", "positions", "mask", "valid",
-                "image_starts", "image_valid", "image_ids")
+                "image_starts", "image_valid", "image_ids", "medium_starts", "medium_valid")
 
 
 class FeatureError(ConversationError):
@@ -79,9 +88,10 @@ class FeatureConfig:
   caption_branches: bool = True  # off at inference: branches are a training device
   branches_see_earlier_branches: bool = False  # True = the original's mask
   pad_id: int = 0
+  medium_prompt_tokens: int = 0  # > 0: the qformer medium's branches instead of caption branches
 
   def __post_init__(self):
-    for name, low in (("max_len", 1), ("max_images", 0), ("num_image_tokens", 1)):
+    for name, low in (("max_len", 1), ("max_images", 0), ("num_image_tokens", 1), ("medium_prompt_tokens", 0)):
       if getattr(self, name) < low:
         raise ValueError(f"FeatureConfig.{name} is {getattr(self, name)}; it must be at least {low}")
 
@@ -104,6 +114,9 @@ class Features:
   image_starts: np.ndarray  # (M,) int32, index of each image's first token
   image_valid: np.ndarray  # (M,) bool
   image_ids: np.ndarray  # (M,) int32, index into Conversation.images
+  medium_starts: np.ndarray  # (M,) int32, first prompt slot of the image's medium branch
+  medium_valid: np.ndarray  # (M,) bool
+  medium_captions: tuple[str, ...]  # (M,), "" where medium_valid is False
   image_files: tuple[str, ...]
   main_length: int
   length: int
@@ -142,16 +155,26 @@ def build_features(conversation: Conversation, tokenizer: Tokenizer, config: Fea
       tokens=np.full(t, config.pad_id, np.int32), targets=np.zeros(t, np.int32), weights=np.zeros(t, np.float32),
       positions=np.zeros(t, np.int32), mask=np.zeros((t, t), bool), valid=np.zeros(t, bool),
       image_starts=np.zeros(config.max_images, np.int32), image_valid=np.zeros(config.max_images, bool),
-      image_ids=np.full(config.max_images, -1, np.int32), image_files=tuple(run.file for run in kept),
+      image_ids=np.full(config.max_images, -1, np.int32), medium_starts=np.zeros(config.max_images, np.int32),
+      medium_valid=np.zeros(config.max_images, bool), medium_captions=("",) * config.max_images,
+      image_files=tuple(run.file for run in kept),
       main_length=cut, length=cut + sum(len(ids) for _, ids in branches), stats=stats,
   )
   _fill_main(out, tokens[:cut], in_reply[:cut], kept, tokenizer.start_id)
-  _fill_branches(out, branches, config.branches_see_earlier_branches)
+  branch_offsets = _fill_branches(out, branches, config.branches_see_earlier_branches,
+                                  trained=not config.medium_prompt_tokens)
   pad = np.arange(out.length, t)
   out.mask[pad, pad] = True
   out.valid[:out.length] = True
   for slot, run in enumerate(kept):
     out.image_starts[slot], out.image_ids[slot], out.image_valid[slot] = run.start, run.image_id, True
+  if config.medium_prompt_tokens:
+    slots = {run.image_id: slot for slot, run in enumerate(kept)}
+    captions = list(out.medium_captions)
+    for (run, _), offset in zip(branches, branch_offsets):
+      slot = slots[run.image_id]
+      out.medium_starts[slot], out.medium_valid[slot], captions[slot] = offset + 1, True, run.caption.strip()
+    out.medium_captions = tuple(captions)
   return out
 
 
@@ -215,11 +238,13 @@ def _fit_branches(name: str, kept: Sequence[_ImageRun], tokenizer: Tokenizer, ro
                   config: FeatureConfig, stats: Counter) -> list[tuple[_ImageRun, list[int]]]:
   """The longest prefix of the branches that fits in `room` tokens; the rest
   are dropped from the end and counted."""
-  if not config.caption_branches:
+  if not (config.caption_branches or config.medium_prompt_tokens):
     return []
   pending = []
   for run in kept:
-    if run.caption is not None:
+    if run.caption is not None and config.medium_prompt_tokens:
+      pending.append((run, [tokenizer.start_id] + [config.pad_id] * config.medium_prompt_tokens))
+    elif run.caption is not None:
       where = f"{name} image {run.image_id} ({run.file}) caption"
       caption_ids = _encode_text(tokenizer, run.caption.strip(), where)
       pending.append((run, [tokenizer.start_id, *caption_ids, tokenizer.end_id]))
@@ -244,21 +269,26 @@ def _fill_main(out: Features, tokens: list[int], in_reply: list[bool], kept: Seq
       out.targets[run.start - 1], out.weights[run.start - 1] = start_id, 1.0
 
 
-def _fill_branches(out: Features, branches, see_earlier: bool):
+def _fill_branches(out: Features, branches, see_earlier: bool, trained: bool) -> list[int]:
+  """Writes the branches after the main sequence; returns where each starts.
+  `trained` False (medium branches): no token of theirs has a target."""
   main_length = out.main_length
-  offset = main_length
+  offset, offsets = main_length, []
   for run, ids in branches:
     n = len(ids)
     rows = slice(offset, offset + n)
     out.tokens[rows] = ids
     out.positions[rows] = run.start + np.arange(n)
-    out.targets[offset:offset + n - 1] = ids[1:]
-    out.weights[offset:offset + n - 1] = 1.0
+    if trained:
+      out.targets[offset:offset + n - 1] = ids[1:]
+      out.weights[offset:offset + n - 1] = 1.0
     out.mask[rows, :run.start] = True
     out.mask[rows, rows] = np.tri(n, dtype=bool)
     if see_earlier:
       out.mask[rows, main_length:offset] = True
+    offsets.append(offset)
     offset += n
+  return offsets
 
 
 def iter_features(conversations: Iterable[Conversation], tokenizer: Tokenizer, config: FeatureConfig,

@@ -20,6 +20,11 @@ prefetched batches) with `tf.train.Checkpoint`; `restore(path)` continues at
 exactly the next batch without re-reading what was consumed. The Python map is
 a pure function of its inputs, so ignoring its (absent) state is correct.
 
+The qformer image medium (FeatureConfig.medium_prompt_tokens > 0) adds
+`medium_starts`, `medium_valid` (b, M) and, tokenized by `caption_tokenizer`
+(the SD text encoder's), `medium_caption_ids` (b, M, L); the train step embeds
+them on device (train/medium_targets.py).
+
 Images leave the pipeline as uint8 (M, 224, 224, 3), resized on the host; the
 train step normalises them on device (images.pixel_table), 4× less traffic.
 """
@@ -46,6 +51,21 @@ from mim_jax.data.instructions import caption_sample
 from mim_jax.data.tokenizer import Tokenizer
 
 KIND_IDS = {"conversation": 0, "caption": 1}
+
+
+class CaptionTokenizer:
+  """Captions → (n, length) int32 ids padded to the SD text encoder's length,
+  truncated as diffusers does (the medium's targets are that encoder's
+  embeddings). Wraps a HF CLIP tokenizer; callable from tf.data threads."""
+
+  def __init__(self, tokenizer, length: int):
+    self.tokenizer, self.length = tokenizer, length
+    self._lock = threading.Lock()  # a fast tokenizer's padding settings are shared state
+
+  def __call__(self, captions) -> np.ndarray:
+    with self._lock:
+      return self.tokenizer(list(captions), padding="max_length", max_length=self.length, truncation=True,
+                            return_tensors="np").input_ids.astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,18 +111,25 @@ class InputPipeline:
   `records` is the mixed record stream before features (for inspection).
   Arrays: tokens, targets, weights, positions, mask, valid (b, T[, T]);
   image_starts, image_valid (b, M); pixels (b, M, 224, 224, 3) uint8, zero
-  where image_valid is False. `counts` holds skipped records by reason and
-  truncation notes (approximate while threads run: it is for reporting)."""
+  where image_valid is False; with the qformer medium also medium_starts,
+  medium_valid (b, M) and medium_caption_ids (b, M, L). `counts` holds
+  skipped records by reason and truncation notes (approximate while threads
+  run: it is for reporting)."""
 
   def __init__(self, sources: Sequence[DataSource], tokenizer: Tokenizer, features: FeatureConfig, *,
                batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
-               shuffle_buffer: int = 1024, num_parallel_calls: int = 8, image_size: int = IMAGE_SIZE):
+               shuffle_buffer: int = 1024, num_parallel_calls: int = 8, image_size: int = IMAGE_SIZE,
+               caption_tokenizer: "CaptionTokenizer | None" = None):
+    if features.medium_prompt_tokens and caption_tokenizer is None:
+      raise ValueError("the qformer medium needs a caption_tokenizer (the SD text encoder's) for its targets")
     if not sources:
       raise ValueError("no data sources configured; add at least one under data.sources")
     weights = np.asarray([s.weight for s in sources], np.float64)
     if (weights < 0).any() or weights.sum() <= 0:
       raise ValueError(f"data source weights must be >= 0 with a positive sum, got {weights.tolist()}")
     self.tokenizer, self.features, self.image_size = tokenizer, features, image_size
+    self.caption_tokenizer = caption_tokenizer if features.medium_prompt_tokens else None
+    self._spec = self._output_spec()
     self.seed = seed * 1_000_003 + shard_index  # distinct, reproducible streams per reader
     self.counts: Counter = Counter()
     self._lock = threading.Lock()
@@ -143,15 +170,22 @@ class InputPipeline:
     return ds.map(lambda r: {"kind": tf.constant(kind_id), "id": r["id"], "text": r["caption"],
                              "names": tf.reshape(r["id"], [1]), "images": tf.reshape(r["image"], [1])})
 
-  def _features(self, index, record):
+  def _output_spec(self) -> list[tuple[str, tf.DType, tuple]]:
+    """(name, dtype, shape) of what `_build` returns, in order."""
     t, m, s = self.features.max_len, self.features.max_images, self.image_size
-    out_types = [tf.int32, tf.int32, tf.float32, tf.int32, tf.bool, tf.bool, tf.int32, tf.bool, tf.uint8, tf.bool]
-    outputs = tf.numpy_function(self._build, [index, record["kind"], record["id"], record["text"], record["names"],
-                                              record["images"]], out_types, stateful=False)
-    shapes = [(t,), (t,), (t,), (t,), (t, t), (t,), (m,), (m,), (m, s, s, 3), ()]
-    names = ("tokens", "targets", "weights", "positions", "mask", "valid", "image_starts", "image_valid", "pixels",
-             "keep")
-    return {name: tf.ensure_shape(x, shape) for name, x, shape in zip(names, outputs, shapes)}
+    outputs = [("tokens", tf.int32, (t,)), ("targets", tf.int32, (t,)), ("weights", tf.float32, (t,)),
+               ("positions", tf.int32, (t,)), ("mask", tf.bool, (t, t)), ("valid", tf.bool, (t,)),
+               ("image_starts", tf.int32, (m,)), ("image_valid", tf.bool, (m,)), ("pixels", tf.uint8, (m, s, s, 3))]
+    if self.caption_tokenizer is not None:
+      outputs += [("medium_starts", tf.int32, (m,)), ("medium_valid", tf.bool, (m,)),
+                  ("medium_caption_ids", tf.int32, (m, self.caption_tokenizer.length))]
+    return outputs + [("keep", tf.bool, ())]
+
+  def _features(self, index, record):
+    spec = self._spec
+    arrays = tf.numpy_function(self._build, [index, record["kind"], record["id"], record["text"], record["names"],
+                                             record["images"]], [dtype for _, dtype, _ in spec], stateful=False)
+    return {name: tf.ensure_shape(x, shape) for (name, _, shape), x in zip(spec, arrays)}
 
   def _build(self, index, kind, record_id, text, names, images):
     """One record → the arrays of `_features`, or keep=False after counting why."""
@@ -177,14 +211,14 @@ class InputPipeline:
     with self._lock:
       self.counts.update({f"note:{k}": v for k, v in built.stats.items()})
       self.counts["kept"] += 1
-    return (built.tokens, built.targets, built.weights, built.positions, built.mask, built.valid,
-            built.image_starts, built.image_valid, pixels, np.bool_(True))
+    arrays = [built.tokens, built.targets, built.weights, built.positions, built.mask, built.valid,
+              built.image_starts, built.image_valid, pixels]
+    if self.caption_tokenizer is not None:
+      arrays += [built.medium_starts, built.medium_valid, self.caption_tokenizer(built.medium_captions)]
+    return (*arrays, np.bool_(True))
 
   def _empty(self):
-    t, m, s = self.features.max_len, self.features.max_images, self.image_size
-    return (np.zeros(t, np.int32), np.zeros(t, np.int32), np.zeros(t, np.float32), np.zeros(t, np.int32),
-            np.zeros((t, t), bool), np.zeros(t, bool), np.zeros(m, np.int32), np.zeros(m, bool),
-            np.zeros((m, s, s, 3), np.uint8), np.bool_(False))
+    return tuple(np.zeros(shape, dtype.as_numpy_dtype) for _, dtype, shape in self._spec)
 
   @staticmethod
   def _drop_keep(batch):

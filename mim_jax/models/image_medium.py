@@ -83,6 +83,11 @@ class ImageMedium(nn.Module):
     self.mapper = QFormer(mapper)
     self.output = Dense(cfg.cond_dim, ("qformer_embed", None), cfg.compute_dtype, cfg.weight_dtype)
 
+  @property
+  def config_shape(self) -> tuple[int, int]:
+    """The conditioning's (length, width) per image."""
+    return self.config.cond_length, self.config.cond_dim
+
   def prompts(self) -> jax.Array:
     """The N learned embeddings the LLM reads after `<start>`, (N, llm width)."""
     return self.prompt_embeddings
@@ -96,12 +101,16 @@ class ImageMedium(nn.Module):
     return self.output(out_bqw).astype(jnp.float32)
 
 
-def medium_loss(cond_bld: jax.Array, target_bld: jax.Array, weights_b: jax.Array | None = None) -> jax.Array:
+def medium_loss(cond_bld: jax.Array, target_bld: jax.Array, weights_b: jax.Array | None = None, *,
+                total_weight: jax.Array | None = None) -> jax.Array:
   """Mean squared error to the SD text encoder's caption embeddings, averaged
-  over (length, width) and then over the examples with weight (0 = padding)."""
+  over (length, width) and then over the images with weight (0 = padding).
+  Leading axes may be (b,) or (b, K). `total_weight` (the whole batch's, for
+  gradient accumulation) makes it this microbatch's share of that mean."""
   if cond_bld.shape != target_bld.shape:
     raise ValueError(f"medium conditioning has shape {cond_bld.shape} but the target embeddings have "
                      f"{target_bld.shape}; medium.cond_length / cond_dim must match the SD text encoder")
-  per_example_b = jnp.mean(jnp.square(cond_bld.astype(jnp.float32) - target_bld.astype(jnp.float32)), axis=(1, 2))
-  weights_b = jnp.ones_like(per_example_b) if weights_b is None else weights_b.astype(jnp.float32)
-  return (per_example_b * weights_b).sum() / jnp.maximum(weights_b.sum(), 1.0)
+  per_image = jnp.mean(jnp.square(cond_bld.astype(jnp.float32) - target_bld.astype(jnp.float32)), axis=(-2, -1))
+  weights = jnp.ones_like(per_image) if weights_b is None else weights_b.astype(jnp.float32)
+  total = weights.sum() if total_weight is None else total_weight
+  return (per_image * weights).sum() / jnp.maximum(total, 1.0)

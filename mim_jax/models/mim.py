@@ -96,22 +96,30 @@ class MIM(nn.Module):
                        "medium.kind = 'qformer'")
     return self.image_medium
 
-  def medium_forward(self, tokens_bt, prompt_starts_b, positions_bt=None, mask_bts=None, image_starts_bm=None,
-                     image_rows_bm=None, *, images=None, vit_features=None, deterministic: bool = True):
-    """Training view of the `qformer` medium: the N inputs from `prompt_starts_b[b]`
+  def medium_forward(self, tokens_bt, prompt_starts, positions_bt=None, mask_bts=None, image_starts_bm=None,
+                     image_rows_bm=None, *, prompt_valid_bk=None, images=None, vit_features=None,
+                     deterministic: bool = True):
+    """Training view of the `qformer` medium: the N inputs from each prompt start
     on (placeholders in `tokens_bt`) are replaced by the learned prompt
-    embeddings. Returns (logits (b, t, vocab), SD conditioning (b, 77, D))."""
+    embeddings. `prompt_starts` is (b,) (one image per example) or (b, K) with
+    `prompt_valid_bk` (False: no image there; its slots are left alone).
+    Returns (logits (b, t, vocab), SD conditioning (b, 77, D) or (b, K, 77, D))."""
     medium = self._require_medium()
+    single = prompt_starts.ndim == 1
+    starts_bk = prompt_starts[:, None] if single else prompt_starts
+    valid_bk = jnp.ones(starts_bk.shape, bool) if prompt_valid_bk is None else prompt_valid_bk
     embeds_btd = self.embed(tokens_bt, image_starts_bm, image_rows_bm, images=images, vit_features=vit_features,
                             deterministic=deterministic)
     prompts_1nd = medium.prompts()[None]
-    rows_b1 = jnp.zeros((tokens_bt.shape[0], 1), jnp.int32)
-    embeds_btd = scatter_image_embeddings(embeds_btd, prompts_1nd, prompt_starts_b[:, None], rows_b1)
+    embeds_btd = scatter_image_embeddings(embeds_btd, prompts_1nd, starts_bk, jnp.where(valid_bk, 0, -1))
     logits_btv, hidden_btd = self.llm(positions_bt=positions_bt, mask_bts=mask_bts, embeds_btd=embeds_btd,
                                       return_hidden=True)
-    index_bn = prompt_starts_b[:, None] + jnp.arange(prompts_1nd.shape[1])
-    hidden_bnd = jnp.take_along_axis(hidden_btd, index_bn[:, :, None], axis=1)
-    return logits_btv, medium(hidden_bnd)
+    b, k = starts_bk.shape
+    n = prompts_1nd.shape[1]
+    index_bkn = jnp.minimum(starts_bk[:, :, None] + jnp.arange(n), tokens_bt.shape[1] - 1)
+    hidden_bknd = hidden_btd[jnp.arange(b)[:, None, None], index_bkn]
+    cond_bkld = medium(hidden_bknd.reshape(b * k, n, -1)).reshape(b, k, *medium.config_shape)
+    return logits_btv, cond_bkld[:, 0] if single else cond_bkld
 
   def condition(self, cache: KVCache, positions_bn: jax.Array, valid_b: jax.Array) -> tuple[jax.Array, KVCache]:
     """Inference view of the `qformer` medium: writes the N prompt embeddings at

@@ -44,22 +44,38 @@ def image_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def loss_fn(model: nn.Module, params, batch: dict[str, jax.Array], *, dropout_rng: jax.Array | None = None,
-            total_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
-  """Mean cross-entropy over weighted tokens. With `total_weight` (the whole
-  batch's, for gradient accumulation) it is this microbatch's share of that
-  mean instead. `images` may be uint8 (normalised here, exactly as
-  data/images.preprocess_image does) or float. `dropout_rng` turns dropout on
-  (MIM's Q-Former)."""
+            totals: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+  """Mean cross-entropy over weighted tokens. With `totals` (the whole batch's
+  sums of its weight arrays, for gradient accumulation) it is this
+  microbatch's share of the batch mean instead. `images` may be uint8
+  (normalised here, exactly as data/images.preprocess_image does) or float.
+  `dropout_rng` turns dropout on (MIM's Q-Former)."""
   images = image_inputs(batch)
   extra = {}
   if dropout_rng is not None:
     extra = {"rngs": {"dropout": dropout_rng}, "deterministic": False}
   logits_btv = model.apply({"params": params}, batch["tokens"], batch.get("positions"), batch.get("mask"), **images,
                            **extra)
-  loss, tokens = cross_entropy(logits_btv, batch["targets"], batch["weights"])
-  if total_weight is not None:
-    loss = loss * tokens / jnp.maximum(total_weight, 1.0)
+  loss, tokens = batch_share(*cross_entropy(logits_btv, batch["targets"], batch["weights"]), totals, "weights")
   return loss, {"loss": loss, "tokens": tokens}
+
+
+def batch_share(mean: jax.Array, weight: jax.Array, totals: dict[str, jax.Array] | None, key: str):
+  """(a microbatch's weighted mean → its share of the batch mean, its weight)."""
+  if totals is None:
+    return mean, weight
+  return mean * weight / jnp.maximum(totals[key], 1.0), weight
+
+
+# Batch arrays whose sum over the whole batch a loss needs under gradient accumulation.
+TOTALED = ("weights", "medium_valid")
+# Step metrics that are not a loss term (a loss's other aux scalars are summed over microbatches).
+_COUNTS = ("tokens",)
+
+
+def _loss_terms(aux: dict) -> dict:
+  """The loss and its terms from a loss function's aux (each a batch-mean share, so they sum over microbatches)."""
+  return {k: v.astype(jnp.float32) for k, v in aux.items() if k not in _COUNTS}
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
@@ -73,38 +89,42 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
   with a key folded from (seed, step, microbatch). Metrics: loss, tokens,
   images, grad_norm and `grads_finite`, one bool per gradient leaf (in
   jax.tree.leaves order) for the loop's NaN/Inf guard. `loss` has `loss_fn`'s
-  signature (train/medium_step.loss_fn adds the qformer image medium's term)."""
+  signature (train/medium_step.loss_fn adds the qformer image medium's term);
+  every scalar in its aux but `tokens` (the loss and its terms) is reported."""
 
-  def microbatch_grads(params, batch, total_weight, rng):
+  def microbatch_grads(params, batch, totals, rng):
     def objective(p):
       if trainable is not None:
         mask = trainable_mask(p, trainable)
         p = jax.tree.map(lambda x, m: x if m else jax.lax.stop_gradient(x), p, mask)
-      return loss(model, p, batch, dropout_rng=rng, total_weight=total_weight)
+      return loss(model, p, batch, dropout_rng=rng, totals=totals)
 
     return jax.value_and_grad(objective, has_aux=True)(params)
 
   def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
     params = state["params"]
-    total_weight = batch["weights"].astype(jnp.float32).sum()
+    totals = {k: batch[k].astype(jnp.float32).sum() for k in TOTALED if k in batch}
     step_rng = None if dropout_seed is None else jax.random.fold_in(jax.random.key(dropout_seed), state["step"])
     if accum_steps == 1:
-      (loss, _), grads = microbatch_grads(params, batch, total_weight, step_rng)
+      (_, aux), grads = microbatch_grads(params, batch, totals, step_rng)
     else:
       micro = {k: v.reshape(v.shape[0] // accum_steps, accum_steps, *v.shape[1:]) for k, v in batch.items()}
 
-      def accumulate(i, carry):
-        loss_sum, grads_sum = carry
+      def microbatch(i):
         part = {k: jax.lax.dynamic_index_in_dim(v, i, axis=1, keepdims=False) for k, v in micro.items()}
         rng = None if step_rng is None else jax.random.fold_in(step_rng, i)
-        (loss, _), grads = microbatch_grads(params, part, total_weight, rng)
-        return loss_sum + loss, jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_sum, grads)
+        (_, aux), grads = microbatch_grads(params, part, totals, rng)
+        return _loss_terms(aux), grads
 
-      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-      loss, grads = jax.lax.fori_loop(0, accum_steps, accumulate, (jnp.zeros((), jnp.float32), zeros))
+      def accumulate(i, carry):
+        terms, grads = microbatch(i)
+        return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry, (terms, grads))
+
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(microbatch, 0))
+      aux, grads = jax.lax.fori_loop(0, accum_steps, accumulate, zeros)
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-    metrics = {"loss": loss, "tokens": total_weight, "grad_norm": optax.global_norm(grads),
+    metrics = {**_loss_terms(aux), "tokens": totals["weights"], "grad_norm": optax.global_norm(grads),
                "grads_finite": jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)])}
     if "image_rows" in batch:
       metrics["images"] = (batch["image_rows"] >= 0).sum()

@@ -26,13 +26,15 @@ from mim_jax.data.pipeline import DataSource, InputPipeline
 from mim_jax.models import llama, mim
 from mim_jax.models.mim import MIMConfig
 from mim_jax.nn.sharding import create_mesh
-from mim_jax.train import checkpoint, distributed, lm_step, metrics
+from mim_jax.train import checkpoint, distributed, lm_step, medium_step, metrics
 from mim_jax.train.freeze import trains_under
 from mim_jax.train.init import load_tokenizer, place, pretrained_params
+from mim_jax.train.medium_targets import MediumTargets
 from mim_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("mim_jax.train")
-STEP_KEYS = ("tokens", "targets", "weights", "positions", "mask", "image_starts", "image_rows", "images")
+STEP_KEYS = ("tokens", "targets", "weights", "positions", "mask", "image_starts", "image_rows", "images",
+             "medium_starts", "medium_valid")
 
 
 class Preempted(Exception):
@@ -46,7 +48,11 @@ def model_config_dict(cfg) -> dict:
   return cfg.to_dict()
 
 
-def _readers(config, tokenizer, cfg) -> ReaderGroup:
+def _uses_medium(cfg) -> bool:
+  return isinstance(cfg, MIMConfig) and cfg.medium.kind == "qformer"
+
+
+def _readers(config, tokenizer, cfg, medium: MediumTargets | None) -> ReaderGroup:
   data, train = config.data, config.train
   data_dir = epath.Path(data.data_dir).expanduser()
   sources = [DataSource(path=str(data_dir / s.path), weight=s.weight, split=s.split) for s in data.sources.values()]
@@ -54,14 +60,15 @@ def _readers(config, tokenizer, cfg) -> ReaderGroup:
       max_len=train.seq_len, max_images=data.max_images,
       num_image_tokens=cfg.num_image_tokens if isinstance(cfg, MIMConfig) else 32,
       caption_branches=data.caption_branches, branches_see_earlier_branches=data.branches_see_earlier_branches,
-      pad_id=tokenizer.pad_id or 0)
+      pad_id=tokenizer.pad_id or 0, medium_prompt_tokens=cfg.medium.num_prompt_tokens if medium else 0)
   readers = data.readers or jax.process_count()
 
   def make_pipeline(index: int, count: int) -> InputPipeline:
     return InputPipeline(sources, tokenizer, features, batch_size=train.batch_size // count, seed=train.seed,
                          shard_index=index, shard_count=count, shuffle_buffer=data.shuffle_buffer,
                          num_parallel_calls=data.num_parallel_calls,
-                         image_size=cfg.vision.image_size if isinstance(cfg, MIMConfig) else 224)
+                         image_size=cfg.vision.image_size if isinstance(cfg, MIMConfig) else 224,
+                         caption_tokenizer=medium.tokenizer if medium else None)
 
   return ReaderGroup(make_pipeline, readers=readers, budget=train.images_per_batch,
                      accum_steps=train.grad_accum_steps)
@@ -124,18 +131,28 @@ def train(config, workdir: str | Path) -> dict:
   init_fn = mim.boxed_init_fn(cfg) if isinstance(cfg, MIMConfig) else llama.boxed_init_fn(cfg)
   model = mim.MIM(cfg) if isinstance(cfg, MIMConfig) else llama.Llama(cfg)
   shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
-  readers = _readers(config, tokenizer, cfg)
+  data_sharding = lm_step.batch_sharding(mesh, rules)
+  abstract_params = jax.eval_shape(init_fn, rng)
+  medium = None
+  if _uses_medium(cfg):
+    if not trains_under(abstract_params, trainable, "image_medium/"):
+      raise ValueError("model.medium.kind is 'qformer' but no `trainable` pattern matches its params; add "
+                       "r'^image_medium/' (configs/ablations.py:qformer_medium does)")
+    medium = MediumTargets(config.medium_targets, cfg.medium, mesh, data_sharding)
+  elif config.get("medium_targets"):
+    raise ValueError("medium_targets is set but model.medium.kind is 'language', which has no regression targets; "
+                     "set --config.model.medium.kind=qformer or clear medium_targets")
+  readers = _readers(config, tokenizer, cfg, medium)
   manager = checkpoint.make_manager(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
                                     keep_every=config.checkpoint.keep_every or None,
                                     async_save=config.checkpoint.async_save)
   model_dict = model_config_dict(cfg)
   state, start = _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, readers)
   dropout = train_cfg.dropout and isinstance(cfg, MIMConfig)
+  loss = medium_step.weighted(train_cfg.medium_loss_weight) if medium else lm_step.loss_fn
   step_fn = lm_step.jit_train_step(
       lm_step.make_train_step(model, optimizer, trainable=trainable, accum_steps=train_cfg.grad_accum_steps,
-                              dropout_seed=train_cfg.seed if dropout else None), shardings, mesh, rules)
-  data_sharding = lm_step.batch_sharding(mesh, rules)
-  abstract_params = jax.eval_shape(init_fn, rng)
+                              dropout_seed=train_cfg.seed if dropout else None, loss=loss), shardings, mesh, rules)
   flops = metrics.step_flops(cfg, batch=train_cfg.batch_size, seq_len=train_cfg.seq_len,
                              images=train_cfg.images_per_batch,
                              llm_trains=trains_under(abstract_params, trainable, "llm/"),
@@ -157,7 +174,10 @@ def train(config, workdir: str | Path) -> dict:
       if dropped:
         log.warning("step %d: %d example(s) had no room in the image budget and train on nothing; raise "
                     "train.images_per_batch", step + 1, dropped)
-      batch = to_global({k: v for k, v in arrays.items() if k in STEP_KEYS}, data_sharding)
+      batch = to_global({k: v for k, v in arrays.items() if k in STEP_KEYS or k == "medium_caption_ids"},
+                        data_sharding)
+      if medium:
+        batch["medium_targets"] = medium(batch.pop("medium_caption_ids"))
       state, step_metrics = step_fn(state, batch)
       if pending is not None:
         losses.update(_finish(pending, history, logger, schedule, window, train_cfg, state))
@@ -231,7 +251,8 @@ def _finish(pending, history, logger, schedule, window, train_cfg, state) -> dic
         f"step {step}: loss {loss}, first non-finite gradient: {_first_bad_leaf(state['params'], values['grads_finite'])}."
         f" Stopping without saving; the last checkpoint is intact. Lower optimizer.learning_rate or check the data "
         f"of this step")
-  scalars = {"loss": loss, "grad_norm": float(values["grad_norm"]), "learning_rate": float(schedule(step - 1)),
+  scalars = {"loss": loss, **{k: float(v) for k, v in values.items() if k.endswith("_loss")},
+             "grad_norm": float(values["grad_norm"]), "learning_rate": float(schedule(step - 1)),
              "tokens": float(values["tokens"]), "images": float(values.get("images", 0))}
   history.append({"step": step, **scalars})
   window["steps"] += 1

@@ -120,10 +120,11 @@ class MetricsLogger:
     self._writer.flush()
     eta = step_time * (self.total_steps - step)
     mfu = f" MFU {rates['mfu']:.1%}" if "mfu" in rates else ""
-    log.info("step %d/%d loss %.4f lr %.3g grad_norm %.3f | %.2fs/step %.0f tok/s %.1f img/s %.2f TFLOP/s/dev%s | "
-             "ETA %s", step, self.total_steps, values["loss"], values["learning_rate"], values["grad_norm"],
-             step_time, rates["tokens_per_s"], rates["images_per_s"], rates["tflops_per_device"], mfu,
-             _duration(eta))
+    terms = ", ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in scalars.items() if k.endswith("_loss"))
+    log.info("step %d/%d loss %.4f%s lr %.3g grad_norm %.3f | %.2fs/step %.0f tok/s %.1f img/s %.2f TFLOP/s/dev%s | "
+             "ETA %s", step, self.total_steps, values["loss"], f" ({terms})" if terms else "",
+             values["learning_rate"], values["grad_norm"], step_time, rates["tokens_per_s"], rates["images_per_s"],
+             rates["tflops_per_device"], mfu, _duration(eta))
 
   def close(self) -> None:
     if self._writer is not None:
