@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from mim_jax.convert import blip2, llama
 from mim_jax.convert.safetensors_io import CheckpointReader, SafetensorsFile, write_safetensors, write_sharded
@@ -58,17 +59,8 @@ def load_hf_mim(directory: str | os.PathLike, *, with_vision: bool = True, llm_o
 def _save_medium(directory: Path, cfg: MIMConfig, params: Mapping, np_dtype) -> None:
   if cfg.medium.kind != "qformer":
     return
-  flat = {}
-
-  def walk(node, path):
-    for key, value in node.items():
-      if isinstance(value, Mapping):
-        walk(value, f"{path}{key}/")
-      else:
-        flat[f"{path}{key}"] = np.asarray(value).astype(np_dtype)
-
-  walk(params["image_medium"], "")
-  write_safetensors(directory / MEDIUM_WEIGHTS, flat)
+  flat = traverse_util.flatten_dict(params["image_medium"], sep="/")
+  write_safetensors(directory / MEDIUM_WEIGHTS, {k: np.asarray(v).astype(np_dtype) for k, v in flat.items()})
   (directory / MEDIUM_CONFIG).write_text(json.dumps(cfg.medium.to_dict(), indent=2))
 
 
@@ -77,14 +69,7 @@ def _load_medium(path: Path) -> dict:
     raise FileNotFoundError(f"{path.parent}/{MEDIUM_CONFIG} names a qformer image medium but {path.name} is missing; "
                             f"export the run again with python -m mim_jax.train.export")
   reader = SafetensorsFile(path)
-  params: dict = {}
-  for name in reader.keys():
-    *parents, leaf = name.split("/")
-    node = params
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = reader.get(name)
-  return params
+  return traverse_util.unflatten_dict({name: reader.get(name) for name in reader.keys()}, sep="/")
 
 
 def _tensors(cfg: MIMConfig, params: Mapping, dtype: np.dtype, projection_prefix: str,

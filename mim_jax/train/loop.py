@@ -34,7 +34,7 @@ from mim_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("mim_jax.train")
 STEP_KEYS = ("tokens", "targets", "weights", "positions", "mask", "image_starts", "image_rows", "images",
-             "medium_starts", "medium_valid")
+             "medium_starts", "medium_valid", "medium_caption_ids")
 
 
 class Preempted(Exception):
@@ -174,8 +174,7 @@ def train(config, workdir: str | Path) -> dict:
       if dropped:
         log.warning("step %d: %d example(s) had no room in the image budget and train on nothing; raise "
                     "train.images_per_batch", step + 1, dropped)
-      batch = to_global({k: v for k, v in arrays.items() if k in STEP_KEYS or k == "medium_caption_ids"},
-                        data_sharding)
+      batch = to_global({k: v for k, v in arrays.items() if k in STEP_KEYS}, data_sharding)
       if medium:
         batch["medium_targets"] = medium(batch.pop("medium_caption_ids"))
       state, step_metrics = step_fn(state, batch)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import transformers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mim_jax.convert.clip import load_hf_clip_text
 from mim_jax.convert.diffusers import component_dir, read_model_index
 from mim_jax.data.pipeline import CaptionTokenizer
 from mim_jax.models.clip import ClipTextTower
+from mim_jax.models.diffusion.text_conditioning import TextEncoder
 from mim_jax.models.image_medium import MediumConfig
 
 
@@ -36,17 +35,17 @@ class MediumTargets:
     if "text_encoder_2" in index:
       raise ValueError(f"{sd_dir} is an SDXL pipeline (it has text_encoder_2); the qformer medium writes one "
                        f"encoder's context, as SD 1.x/2.x read it: give an SD 1.x/2.x directory")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(component_dir(sd_dir, "tokenizer", index)))
-    config, params = load_hf_clip_text(component_dir(sd_dir, "text_encoder", index), dtype=medium.dtype,
-                                       param_dtype=medium.dtype)
-    length = min(tokenizer.model_max_length, config.max_positions)
+    encoder = TextEncoder.load(component_dir(sd_dir, "tokenizer", index), component_dir(sd_dir, "text_encoder", index),
+                               medium.dtype)
+    config, length = encoder.config, encoder.max_length
     if (length, config.embed_dim) != (medium.cond_length, medium.cond_dim):
       raise ValueError(f"{sd_dir}'s text encoder writes ({length}, {config.embed_dim}) per caption but "
                        f"model.medium has cond_length {medium.cond_length}, cond_dim {medium.cond_dim}; set "
                        f"--config.model.medium.cond_length={length} --config.model.medium.cond_dim={config.embed_dim}")
-    self.tokenizer = CaptionTokenizer(tokenizer, length)
+    self.tokenizer = CaptionTokenizer(encoder.tokenizer, length)
     replicated = NamedSharding(mesh, PartitionSpec())
-    self.params = jax.tree.map(lambda x: jax.device_put(np.asarray(x), replicated), params)
+    # Through host numpy, as train/init.place does: a global sharding may span other processes' devices.
+    self.params = jax.tree.map(lambda x: jax.device_put(np.asarray(x), replicated), encoder.params)
     tower = ClipTextTower(config)
 
     def encode(params, ids_bkl):
