@@ -41,7 +41,8 @@ from mim_jax.models.llama import DecoderLayer, Llama  # noqa: E402
 from mim_jax.models.llama_config import LlamaConfig  # noqa: E402
 from mim_jax.nn.attention import dot_product_attention  # noqa: E402
 from mim_jax.nn.layers import SwiGLU  # noqa: E402
-from mim_jax.train import lm_step  # noqa: E402
+from mim_jax.train.loss import cross_entropy, lm_loss  # noqa: E402
+from mim_jax.train.step import make_train_step  # noqa: E402
 from mim_jax.train.optimizer import make_optimizer  # noqa: E402
 from bench.common import Timing, cpu_seconds, machine, measure, ms, progress, row  # noqa: E402
 
@@ -172,7 +173,7 @@ def ours_train(cfg: LlamaConfig, params, batch, repeats: int):
   """(timing, compile seconds, first loss, hlo summary) of the jitted fwd+bwd+AdamW step."""
   optimizer = make_optimizer(common.optimizer(), total_steps=1000)
   state = {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.zeros((), jnp.int32)}
-  step = jax.jit(lm_step.make_train_step(Llama(cfg), optimizer), donate_argnums=0)
+  step = jax.jit(make_train_step(Llama(cfg), optimizer), donate_argnums=0)
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -212,7 +213,7 @@ def torch_train(model, batch, repeats: int):
 
 def forward_only(cfg, params, model, batch, repeats: int) -> tuple[Timing, Timing]:
   """Loss forward without gradients: (ours, torch)."""
-  fwd = jax.jit(lambda p, b: lm_step.loss_fn(Llama(cfg), p, b)[0])
+  fwd = jax.jit(lambda p, b: lm_loss(Llama(cfg), p, b)[0])
   ours = measure(lambda: fwd(params, batch).block_until_ready(), repeats)
   tokens, targets = torch.from_numpy(batch["tokens"]).long(), torch.from_numpy(batch["targets"]).long()
 
@@ -248,7 +249,7 @@ def breakdown(cfg: LlamaConfig, params, batch, repeats: int) -> dict[str, float]
 
   def head_loss(head_dv, x):
     logits_btv = jnp.einsum("btd,dv->btv", x, head_dv, preferred_element_type=jnp.float32)
-    return lm_step.cross_entropy(logits_btv, batch["targets"], batch["weights"])[0]
+    return cross_entropy(logits_btv, batch["targets"], batch["weights"])[0]
 
   head_grads = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
   optimizer = make_optimizer(common.optimizer(), total_steps=1000)

@@ -7,7 +7,7 @@ Two workloads: the image path (ViT -> Q-Former -> projection, `get_image_feature
 on a batch of images, and the stage-2 train step (frozen ViT forward, Q-Former +
 projection + Llama forward/backward, causal cross-entropy, AdamW on the trainable
 params) on `<image>`-bearing sequences. Ours loads the HF checkpoint through
-`load_hf_mim` and steps through `lm_step.make_train_step`, as training does.
+`load_hf_mim` and steps through `train/step.make_train_step`, as training does.
 Prints markdown tables for BENCHMARKS.md, with a per-part breakdown of both
 train steps. Both frameworks get every core; the "CPU util" column shows how
 many a measurement really got, so a busy machine is visible in the numbers.
@@ -45,7 +45,8 @@ from mim_jax.models.eva_vit import EvaViT  # noqa: E402
 from mim_jax.models.image_encoder import ImageEncoder  # noqa: E402
 from mim_jax.models.llama import Llama  # noqa: E402
 from mim_jax.models.mim import MIM, MIMConfig, pack_images  # noqa: E402
-from mim_jax.train import lm_step  # noqa: E402
+from mim_jax.train.loss import cross_entropy  # noqa: E402
+from mim_jax.train.step import make_train_step  # noqa: E402
 from mim_jax.train.freeze import STAGE_TRAINABLE, freeze  # noqa: E402
 from bench.common import cpu_seconds, machine, measure, ms, progress, row  # noqa: E402
 
@@ -193,7 +194,7 @@ def ours_train(cfg: MIMConfig, params, batch, repeats: int):
   """(timing, compile s, losses) of the real jitted step: fwd+bwd+AdamW, state donated."""
   opt = optimizer()
   state = {"params": params, "opt_state": jax.jit(opt.init)(params), "step": jnp.zeros((), jnp.int32)}
-  step = jax.jit(lm_step.make_train_step(MIM(cfg), opt), donate_argnums=0)
+  step = jax.jit(make_train_step(MIM(cfg), opt), donate_argnums=0)
   batch = jax.device_put(batch)
   compiled, compile_s = compile_timed(step, state, batch)
   losses = []
@@ -266,7 +267,7 @@ def ours_parts(cfg: MIMConfig, params, batch, repeats: int) -> dict[str, float]:
 
   def llm_loss(p, x):
     logits = Llama(cfg.llm).apply({"params": p}, None, batch["positions"], embeds_btd=x)
-    return lm_step.cross_entropy(logits, batch["targets"], batch["weights"])[0]
+    return cross_entropy(logits, batch["targets"], batch["weights"])[0]
 
   llm = jax.jit(jax.grad(llm_loss, argnums=(0, 1)))
   opt = optimizer()

@@ -38,6 +38,7 @@ from bench.common import machine, measure, ms, row  # noqa: E402
 from mim_jax.convert.mim import load_hf_mim, save_hf_mim  # noqa: E402
 from mim_jax.data.conversation import Conversation, Turn  # noqa: E402
 from mim_jax.data.images import preprocess_image  # noqa: E402
+from mim_jax.data.text_windows import read_text_lines  # noqa: E402
 from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece  # noqa: E402
 from mim_jax.infer.generate import SamplingConfig  # noqa: E402
 from mim_jax.infer.mim_decode import TurnLimits  # noqa: E402
@@ -48,11 +49,10 @@ from mim_jax.models.llama_config import LlamaConfig  # noqa: E402
 from mim_jax.models.mim import MIMConfig, init_params  # noqa: E402
 from mim_jax.models.qformer import QFormerConfig  # noqa: E402
 
-SAMPLE_TEXT = Path(__file__).resolve().parents[1] / "mim_jax" / "assets" / "sample_text.txt"
 
 
 def build(quick: bool, directory: Path) -> tuple[MIMConfig, Tokenizer]:
-  lines = [line for line in SAMPLE_TEXT.read_text().splitlines() if line.strip()]
+  lines = read_text_lines()
   tokenizer = Tokenizer.load(train_sentencepiece(lines, directory / "tok", vocab_size=1000))
   if quick:
     llm = LlamaConfig(vocab_size=tokenizer.vocab_size, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=4,

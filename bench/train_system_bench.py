@@ -44,9 +44,10 @@ from mim_jax.models.eva_vit import VisionConfig  # noqa: E402
 from mim_jax.models.llama_config import LlamaConfig  # noqa: E402
 from mim_jax.models.mim import MIM, MIMConfig, init_params  # noqa: E402
 from mim_jax.models.qformer import QFormerConfig  # noqa: E402
-from mim_jax.train import checkpoint, lm_step  # noqa: E402
+from mim_jax.train import checkpoint  # noqa: E402
+from mim_jax.train.step import make_train_step  # noqa: E402
 from mim_jax.train.freeze import STAGE_TRAINABLE  # noqa: E402
-from mim_jax.train.init import SAMPLE_TEXT  # noqa: E402
+from mim_jax.data.text_windows import read_text_lines  # noqa: E402
 from mim_jax.train.optimizer import make_optimizer  # noqa: E402
 from configs import common  # noqa: E402
 
@@ -87,7 +88,7 @@ def step_setup(name: str, length: int, batch: int):
   optimizer = make_optimizer(common.optimizer(), 100, trainable=trainable)
   params = init_params(cfg, jax.random.key(0))
   state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
-  step = jax.jit(lm_step.make_train_step(MIM(cfg), optimizer, trainable=trainable), donate_argnums=0)
+  step = jax.jit(make_train_step(MIM(cfg), optimizer, trainable=trainable), donate_argnums=0)
   rng = np.random.default_rng(0)
   side, m = cfg.vision.image_size, 2
   host = {"tokens": rng.integers(3, 290, (batch, length), dtype=np.int32),
@@ -148,7 +149,7 @@ def main() -> None:
   print(machine())
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
-    lines = [line for line in SAMPLE_TEXT.read_text().splitlines() if line.strip()]
+    lines = read_text_lines()
     tok = Tokenizer.load(train_sentencepiece(lines, tmp / "tok", vocab_size=509))
     print(f"\n{os.cpu_count()} cores; input pipeline vs train step, examples/s per process\n")
     print(row("shapes", "pipeline ex/s", "model", "train step ex/s (s/step)", "pipeline ÷ step"))

@@ -1,4 +1,6 @@
-"""Pieces every run config shares: mesh, sharding rules, optimizer defaults."""
+"""Pieces every run config shares. `run_sections` gives every section a run
+config has (mim_jax/config.py:SECTIONS), at its defaults; each config file
+starts from it and changes what it needs."""
 from __future__ import annotations
 
 import ml_collections
@@ -25,12 +27,14 @@ def optimizer(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def data(data_dir: str, **sources: tuple[str, float]) -> ml_collections.ConfigDict:
+def data(data_dir: str = "", **sources: tuple[str, float]) -> ml_collections.ConfigDict:
   """`sources`: name=(path, weight); a relative path is under `data_dir`. Weights
   are sampling probabilities after normalisation (a dataset's size makes the
-  mixture uniform over examples)."""
+  mixture uniform over examples). MIM reads the sources; a text-only Llama
+  reads `text_file` (one document per line; empty: the bundled sample), which
+  is also the text a tokenizer is trained on when `tokenizer` is empty."""
   config = ml_collections.ConfigDict(dict(
-      data_dir=data_dir, max_images=8, shuffle_buffer=1024, num_parallel_calls=16,
+      data_dir=data_dir, text_file="", max_images=8, shuffle_buffer=1024, num_parallel_calls=16,
       readers=0,  # input shards of the global batch (0: one per process); fix it to resume on other process counts
       caption_branches=True, branches_see_earlier_branches=False))
   config.sources = ml_collections.ConfigDict(
@@ -58,3 +62,37 @@ def train(**overrides) -> ml_collections.ConfigDict:
                 medium_loss_weight=1.0)  # the qformer image medium's MSE term, next to the cross-entropy
   values.update(overrides)
   return ml_collections.ConfigDict(values)
+
+
+def export(**overrides) -> ml_collections.ConfigDict:
+  """Hugging Face export (the quickstart's; `python -m mim_jax.train.export` takes flags)."""
+  values = dict(dtype="bfloat16", max_shard_gb=5.0)
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def sample(**overrides) -> ml_collections.ConfigDict:
+  """Sampling for the quickstart's continuation."""
+  values = dict(max_new_tokens=64, temperature=0.0, top_p=1.0)
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def run_sections(model: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A run config with every section at its defaults."""
+  config = ml_collections.ConfigDict()
+  config.model = model
+  config.tokenizer = ""  # a HF tokenizer directory; empty: a sentencepiece model trained on data.text_file (tiny runs)
+  config.init = init()
+  config.trainable = ()  # param-path regexes that train (MIM stages); empty: every param trains
+  # The qformer image medium's targets: a diffusers SD 1.x/2.x directory (train/medium_targets.py).
+  config.medium_targets = ""
+  config.mesh = mesh()
+  config.sharding_rules = sharding_rules()
+  config.optimizer = optimizer()
+  config.train = train()
+  config.checkpoint = checkpoint()
+  config.data = data_config
+  config.export = export()
+  config.sample = sample()
+  return config

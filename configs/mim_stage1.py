@@ -24,19 +24,12 @@ CAPTIONS = {"cc3m": 3_300_000, "cc12m": 12_400_000, "sbu": 1_000_000}
 
 
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = models.mim(arg)
-  config.tokenizer = ""
-  config.init = common.init()
-  # The qformer image medium's targets: a diffusers SD 1.x/2.x directory (train/medium_targets.py).
-  config.medium_targets = ""
+  captions = common.data("~/tensorflow_datasets", **{name: (name, size) for name, size in CAPTIONS.items()})
+  config = common.run_sections(models.mim(arg), captions)
   config.trainable = STAGE_TRAINABLE["stage1"]
-  config.mesh = common.mesh()
-  config.sharding_rules = common.sharding_rules()
   config.optimizer = common.optimizer(learning_rate=1e-4, warmup_steps=2000)
   config.train = common.train(steps=78_125, batch_size=256, seq_len=256, images_per_batch=256)
   config.checkpoint = common.checkpoint(every_steps=2000)
-  config.data = common.data("~/tensorflow_datasets", **{name: (name, size) for name, size in CAPTIONS.items()})
   config.data.max_images = 1
   if arg == "tiny":
     config.optimizer.update(learning_rate=3e-3, warmup_steps=5, weight_decay=0.0)

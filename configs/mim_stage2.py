@@ -29,20 +29,12 @@ MIXTURE = {"platypus": ("platypus", 24_926), "minigpt4": ("minigpt4_align", 3_43
 
 
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = models.mim(arg)
-  config.tokenizer = ""  # a HF Llama tokenizer directory; empty: a sentencepiece model trained for tiny runs
-  config.init = common.init()
-  # The qformer image medium's targets: a diffusers SD 1.x/2.x directory (train/medium_targets.py).
-  config.medium_targets = ""
+  config = common.run_sections(models.mim(arg), common.data("~/tensorflow_datasets", **MIXTURE))
   config.trainable = STAGE_TRAINABLE["stage2"]
-  config.mesh = common.mesh()
-  config.sharding_rules = common.sharding_rules()
   config.optimizer = common.optimizer(learning_rate=1e-5, warmup_steps=100)
   # TextBind averages ~2.5 images per conversation and most other sources 1: budget 3 per example.
   config.train = common.train(steps=15025, batch_size=64, seq_len=768, images_per_batch=192)
   config.checkpoint = common.checkpoint(every_steps=500)
-  config.data = common.data("~/tensorflow_datasets", **MIXTURE)
   if arg == "tiny":
     config.optimizer.update(learning_rate=3e-3, warmup_steps=5, weight_decay=0.0)
     config.train.update(steps=40, batch_size=8, seq_len=96, images_per_batch=16, log_every=5)

@@ -1,7 +1,8 @@
-r"""Compiles the configured Llama train step (forward, backward, AdamW update)
-ahead of time for a TPU topology, on a machine without TPUs, and reports the
+r"""Compiles the configured train step (forward, backward, AdamW update) ahead
+of time for a TPU topology, on a machine without TPUs, and reports the
 per-chip memory and the compiler's FLOP count: whether a config fits before a
-pod is booked.
+pod is booked. The step is the one training runs: both build it with
+mim_jax/train/setup.py:build_run (Llama and MIM configs alike).
 
   python launch/aot_compile.py --config configs/llama_lm.py:llama2_7b --topology v5p:2x2x2
   python launch/aot_compile.py --config configs/llama_lm.py:llama2_7b --topology v5p:2x2x2 \
@@ -31,53 +32,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import math  # noqa: E402
 import re  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mim_jax.config import model_config, validate  # noqa: E402
-from mim_jax.models import mim  # noqa: E402
-from mim_jax.models.llama import Llama, boxed_init_fn  # noqa: E402
-from mim_jax.models.mim import MIM, MIMConfig  # noqa: E402
-from mim_jax.nn.sharding import create_mesh  # noqa: E402
-from mim_jax.train import lm_step, medium_step  # noqa: E402
-from mim_jax.train.freeze import trains_under  # noqa: E402
-from mim_jax.train.metrics import step_flops  # noqa: E402
-from mim_jax.train.optimizer import make_optimizer  # noqa: E402
+from mim_jax.models.mim import MIMConfig  # noqa: E402
+from mim_jax.train.metrics import CHIPS, GIB, Chip  # noqa: E402
+from mim_jax.train.setup import Run, build_run  # noqa: E402
 
-GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class Chip:
-  hbm_bytes: int
-  peak_bf16_flops: float  # per chip, dense
-
-
-# Keyed by the generation prefix of the topology name (public spec sheets).
-CHIPS = {
-    "v4": Chip(32 * GIB, 275e12),
-    "v5e": Chip(16 * GIB, 197e12),
-    "v5p": Chip(95 * GIB, 459e12),
-    "v6e": Chip(32 * GIB, 918e12),
-}
-
+TOPOLOGY_CHIPS = {chip.topology: chip for chip in CHIPS if chip.topology}
 _TOPOLOGY_NAME = re.compile(r"^([a-zA-Z0-9]+)[=_:]([0-9]+(?:x[0-9]+)*)(_twisted|_untwisted)?$")
 
 
 def chip_for_topology(topology: str) -> Chip:
   match = _TOPOLOGY_NAME.match(topology)
-  if not match or match.group(1).lower() not in CHIPS:
+  if not match or match.group(1).lower() not in TOPOLOGY_CHIPS:
     raise ValueError(
         f"unknown TPU topology {topology!r}; expected <generation>:<chips per axis> with generation one of "
-        f"{', '.join(sorted(CHIPS))}, e.g. v5p:2x2x2, v5e:2x2, v4:2x2x1, v6e:2x2"
+        f"{', '.join(sorted(TOPOLOGY_CHIPS))}, e.g. v5p:2x2x2, v5e:2x2, v4:2x2x1, v6e:2x2"
     )
-  return CHIPS[match.group(1).lower()]
+  return TOPOLOGY_CHIPS[match.group(1).lower()]
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
@@ -91,10 +69,6 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
     raise ValueError(f"libtpu rejected TPU topology {topology!r} (num_slices={num_slices}): {e}") from e
 
 
-def _with_shardings(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
 def _bytes(tree) -> int:
   return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
 
@@ -102,65 +76,6 @@ def _bytes(tree) -> int:
 def _bytes_per_device(tree) -> int:
   """The largest shard of each leaf: what one device holds of `tree`."""
   return sum(math.prod(a.sharding.shard_shape(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
-
-
-def _model_parts(config, cfg):
-  """(boxed init fn, flax model, optimizer, step kwargs) as mim_jax.train builds them."""
-  if isinstance(cfg, MIMConfig):
-    trainable = tuple(config.trainable)
-    optimizer = make_optimizer(config.optimizer, config.train.steps, trainable=trainable,
-                               lr_multipliers=tuple(tuple(r) for r in config.optimizer.get("lr_multipliers", ())))
-    step_kwargs = dict(trainable=trainable, accum_steps=config.train.get("grad_accum_steps", 1),
-                       dropout_seed=config.train.seed if config.train.get("dropout", False) else None)
-    if cfg.medium.kind == "qformer":  # as the loop; the frozen SD text encoder runs outside the step
-      step_kwargs["loss"] = medium_step.weighted(config.train.get("medium_loss_weight", 1.0))
-    return mim.boxed_init_fn(cfg), MIM(cfg), optimizer, step_kwargs
-  return boxed_init_fn(cfg), Llama(cfg), make_optimizer(config.optimizer, config.train.steps), {}
-
-
-def _abstract_batch(config, cfg, data) -> dict:
-  """The batch the training loop feeds (data/batches.py): uint8 packed images."""
-  b, t = config.train.batch_size, config.train.seq_len
-  batch = dict(
-      tokens=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
-      targets=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
-      weights=jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=data),
-  )
-  if isinstance(cfg, MIMConfig):
-    n, size = config.train.images_per_batch, cfg.vision.image_size
-    m = config.data.max_images if "data" in config else max(8, -(-n // b))
-    batch.update(
-        positions=jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=data),
-        mask=jax.ShapeDtypeStruct((b, t, t), jnp.bool_, sharding=data),
-        image_starts=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
-        image_rows=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
-        images=jax.ShapeDtypeStruct((n, size, size, 3), jnp.uint8, sharding=data),
-    )
-    if cfg.medium.kind == "qformer":
-      batch.update(
-          medium_starts=jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=data),
-          medium_valid=jax.ShapeDtypeStruct((b, m), jnp.bool_, sharding=data),
-          medium_targets=jax.ShapeDtypeStruct((b, m, cfg.medium.cond_length, cfg.medium.cond_dim), jnp.float32,
-                                              sharding=data),
-      )
-  return batch
-
-
-def _compile_train_step(config, cfg, mesh):
-  """(compiled step, abstract sharded state) for model `cfg` on `mesh`."""
-  rules = config.sharding_rules
-  init_fn, model, optimizer, step_kwargs = _model_parts(config, cfg)
-  rng = jax.random.key(config.train.seed)
-  shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
-
-  def init_state(r):  # as lm_step.init_state, shapes only
-    params = nn.unbox(init_fn(r))
-    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
-
-  state = _with_shardings(jax.eval_shape(init_state, rng), shardings)
-  batch = _abstract_batch(config, cfg, lm_step.batch_sharding(mesh, rules))
-  step = lm_step.jit_train_step(lm_step.make_train_step(model, optimizer, **step_kwargs), shardings, mesh, rules)
-  return step.lower(state, batch).compile(), state
 
 
 def _flops(compiled) -> float:
@@ -176,11 +91,12 @@ def _layer_stacks(cfg) -> dict:
   return {"llm": (cfg, lambda c, t: t)}
 
 
-def _unrolled_flops(config, cfg, mesh, compiler_flops: float) -> float:
+def _unrolled_flops(run: Run, devices, compiler_flops: float) -> float:
   """XLA's cost analysis counts a while loop's body once, so a scanned layer
   stack reports the FLOPs of one layer. One layer's cost is the difference of
   1- and 2-layer unrolled compiles (every other stack at 1 layer); for
   llama2_7b these two take about as long as the full compile."""
+  cfg = run.model_cfg
   stacks = {name: s for name, s in _layer_stacks(cfg).items() if s[0].scan_layers and s[0].num_layers > 1}
   if not stacks:
     return compiler_flops
@@ -189,22 +105,11 @@ def _unrolled_flops(config, cfg, mesh, compiler_flops: float) -> float:
     small = cfg
     for name, (tower, rebuild) in _layer_stacks(cfg).items():
       small = rebuild(small, replace(tower, num_layers=layers.get(name, 1), scan_layers=False))
-    return _flops(_compile_train_step(config, small, mesh)[0])
+    return _flops(build_run(run.config, devices, model_cfg=small).lower().compile())
 
   base = shrunk({})
   return compiler_flops + sum((tower.num_layers - 1) * (shrunk({name: 2}) - base)
                               for name, (tower, _) in stacks.items())
-
-
-def _model_flops(config, cfg) -> float:
-  """The training loop's FLOP count (mim_jax/train/metrics.py documents the formula)."""
-  if not isinstance(cfg, MIMConfig):
-    return step_flops(cfg, batch=config.train.batch_size, seq_len=config.train.seq_len, images=0, llm_trains=True,
-                      qformer_trains=True)
-  params, trainable = jax.eval_shape(mim.boxed_init_fn(cfg), jax.random.key(0)), tuple(config.trainable)
-  return step_flops(cfg, batch=config.train.batch_size, seq_len=config.train.seq_len,
-                    images=config.train.images_per_batch, llm_trains=trains_under(params, trainable, "llm/"),
-                    qformer_trains=trains_under(params, trainable, "image_encoder/qformer/"))
 
 
 def compile_for_topology(config, topology: str, num_slices: int = 1, exact_flops: bool = True) -> dict:
@@ -218,23 +123,21 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, exact_flops
   devices. On v4 the compile-only topology has one device per TensorCore (two
   per chip), so per-device HBM and peak are half a chip's.
   """
-  validate(config)
   chip = chip_for_topology(topology)
   devices = topology_devices(topology, num_slices)
   num_chips = len({(getattr(d, "slice_index", 0) or 0, tuple(d.coords)) for d in devices})
   devices_per_chip = len(devices) // num_chips
-  mesh = create_mesh(config.mesh, devices)
-  cfg = model_config(config)
-
-  compiled, state = _compile_train_step(config, cfg, mesh)
+  run = build_run(config, devices)
+  mesh, state = run.mesh, run.abstract_state()
+  compiled = run.lower().compile()
   memory = compiled.memory_analysis()
   compiler_flops = _flops(compiled)
-  flops_per_device = _unrolled_flops(config, cfg, mesh, compiler_flops) if exact_flops else compiler_flops
+  flops_per_device = _unrolled_flops(run, devices, compiler_flops) if exact_flops else compiler_flops
   # Donated state is aliased to the output, so count it once.
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
            + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
   hbm_per_device = chip.hbm_bytes // devices_per_chip
-  model_flops = _model_flops(config, cfg)
+  model_flops = run.flops()
   peak_per_device = chip.peak_bf16_flops / devices_per_chip
   return dict(
       topology=topology,

@@ -19,6 +19,8 @@ from mim_jax.nn.sharding import MESH_AXES
 REQUIRED_LOGICAL_AXES = ("batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
                          "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "norm")
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+SECTIONS = ("model", "tokenizer", "init", "trainable", "medium_targets", "mesh", "sharding_rules", "optimizer", "train",
+            "checkpoint", "data", "export", "sample")
 
 
 def is_mim(config) -> bool:
@@ -45,38 +47,41 @@ def llm_config(config) -> LlamaConfig:
 
 
 def validate(config) -> None:
+  """Every run config has the same sections (configs/common.py: `run_sections`); the model decides which data
+  section applies: conversation/caption `data.sources` for MIM, `data.text_file` for a text-only Llama."""
+  missing = [name for name in SECTIONS if name not in config]
+  if missing:
+    raise ValueError(f"the run config lacks section(s) {missing}; every run config has {list(SECTIONS)} "
+                     f"(build it on configs/common.py:run_sections)")
   llm = llm_config(config)
   _validate_mesh(config.mesh)
   _validate_rules(config.sharding_rules)
-  if "optimizer" in config:
-    opt = config.optimizer
-    _positive("optimizer.learning_rate", opt.learning_rate)
-    _at_least("optimizer.warmup_steps", opt.warmup_steps, 0)
-    _at_least("optimizer.weight_decay", opt.weight_decay, 0)
-    _positive("optimizer.grad_clip", opt.grad_clip)
-    for name in ("b1", "b2"):
-      if not 0 <= opt[name] < 1:
-        raise ValueError(f"optimizer.{name} must be in [0, 1), got {opt[name]}")
-  if "train" in config:
-    for name in ("steps", "batch_size", "seq_len", "log_every"):
-      _positive(f"train.{name}", config.train[name])
-    if config.train.seq_len > llm.max_positions:
-      raise ValueError(f"train.seq_len ({config.train.seq_len}) exceeds model.max_positions ({llm.max_positions})")
-  if "grad_accum_steps" in config.get("train", {}):
-    _positive("train.grad_accum_steps", config.train.grad_accum_steps)
-  if "checkpoint" in config:
-    _positive("checkpoint.every_steps", config.checkpoint.every_steps)
-    _positive("checkpoint.keep_last", config.checkpoint.keep_last)
-    _at_least("checkpoint.keep_every", config.checkpoint.keep_every, 0)
-  if "data" in config:
+  opt = config.optimizer
+  _positive("optimizer.learning_rate", opt.learning_rate)
+  _at_least("optimizer.warmup_steps", opt.warmup_steps, 0)
+  _at_least("optimizer.weight_decay", opt.weight_decay, 0)
+  _positive("optimizer.grad_clip", opt.grad_clip)
+  for name in ("b1", "b2"):
+    if not 0 <= opt[name] < 1:
+      raise ValueError(f"optimizer.{name} must be in [0, 1), got {opt[name]}")
+  for name in ("steps", "batch_size", "seq_len", "log_every", "grad_accum_steps"):
+    _positive(f"train.{name}", config.train[name])
+  if config.train.seq_len > llm.max_positions:
+    raise ValueError(f"train.seq_len ({config.train.seq_len}) exceeds model.max_positions ({llm.max_positions})")
+  _positive("checkpoint.every_steps", config.checkpoint.every_steps)
+  _positive("checkpoint.keep_last", config.checkpoint.keep_last)
+  _at_least("checkpoint.keep_every", config.checkpoint.keep_every, 0)
+  if is_mim(config):
     _validate_data(config.data)
-  for pattern in config.get("trainable", ()):
+  for pattern in config.trainable:
     _regex("trainable", pattern)
-  for rule in config.get("optimizer", {}).get("lr_multipliers", ()):
+  if config.trainable and not is_mim(config):
+    raise ValueError("trainable is set but the model is a plain Llama, which trains whole; clear trainable")
+  for rule in opt.lr_multipliers:
     if len(rule) != 2:
       raise ValueError(f"optimizer.lr_multipliers entry {rule!r} must be (param-path regex, factor)")
     _regex("optimizer.lr_multipliers", rule[0])
-  if "export" in config and config.export.dtype not in EXPORT_DTYPES:
+  if config.export.dtype not in EXPORT_DTYPES:
     raise ValueError(f"export.dtype is {config.export.dtype!r}; allowed values: {', '.join(EXPORT_DTYPES)}")
 
 

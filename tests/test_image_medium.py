@@ -3,7 +3,6 @@ and generation renders from the same conditioning the training view computes."""
 import io
 
 import numpy as np
-import optax
 import pytest
 import jax
 import jax.numpy as jnp
@@ -25,9 +24,11 @@ from mim_jax.models.diffusion.pipeline import StableDiffusion
 from mim_jax.models.diffusion.text_conditioning import TextConditioner, TextEncoder
 from mim_jax.models.image_medium import MediumConfig, medium_loss
 from mim_jax.models.mim import MIM, init_params
-from mim_jax.train import medium_step
-from mim_jax.train.freeze import MEDIUM_TRAINABLE, freeze
-from mim_jax.train.lm_step import make_train_step
+from configs import common
+from mim_jax.train.freeze import MEDIUM_TRAINABLE
+from mim_jax.train.loss import medium_loss_fn
+from mim_jax.train.optimizer import make_optimizer
+from mim_jax.train.step import make_train_step
 
 # SD conditioning of the tiny SD-1.x text encoder below: 77 × 32.
 MEDIUM = MediumConfig("qformer", num_prompt_tokens=3, cond_length=77, cond_dim=32, mapper_width=16, mapper_layers=1,
@@ -79,8 +80,10 @@ def test_medium_loss_trains_the_mapper_on_captions(tokenizer, tmp_path):
            "medium_starts": starts_b[:, None], "medium_targets": targets[:, None],
            "medium_valid": np.ones((len(CAPTIONS), 1), bool)}
   # GILL's setting: only the prompt embeddings and the mapper train.
-  optimizer = freeze(optax.adam(3e-2), MEDIUM_TRAINABLE)
-  step = jax.jit(make_train_step(MIM(cfg), optimizer, loss=medium_step.loss_fn))
+  # Adam at a constant 3e-2 (optax.adam's betas), through the optimizer training uses.
+  adam = common.optimizer(learning_rate=3e-2, warmup_steps=0, b2=0.999, weight_decay=0.0, grad_clip=1e9)
+  optimizer = make_optimizer(adam, 10**9, trainable=MEDIUM_TRAINABLE)
+  step = jax.jit(make_train_step(MIM(cfg), optimizer, loss=medium_loss_fn))
   state = {"params": params, "opt_state": optimizer.init(params), "step": 0}
   losses = []
   for _ in range(40):

@@ -14,14 +14,14 @@ from mim_jax.data.pipeline import DataSource, InputPipeline, open_builder
 from mim_jax.data.synthetic import caption_records, conversation_records
 from mim_jax.data.tfds_writer import write_dataset
 from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece
-from mim_jax.train.init import SAMPLE_TEXT
+from mim_jax.data.text_windows import read_text_lines
 
 FEATURES = FeatureConfig(max_len=80, max_images=2, num_image_tokens=4)
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  lines = [line for line in SAMPLE_TEXT.read_text().splitlines() if line.strip()]
+  lines = read_text_lines()
   return Tokenizer.load(train_sentencepiece(lines, tmp_path_factory.mktemp("tok"), vocab_size=300))
 
 

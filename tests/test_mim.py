@@ -18,8 +18,9 @@ from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIM, MIMConfig, boxed_init_fn, init_params, pack_images
 from mim_jax.models.qformer import QFormerConfig
 from mim_jax.nn.sharding import DEFAULT_RULES, activation_sharding, create_mesh, sharded_init
-from mim_jax.train.freeze import STAGE_TRAINABLE, freeze, trainable_mask
-from mim_jax.train.lm_step import cross_entropy
+from mim_jax.train.freeze import STAGE_TRAINABLE, trainable_mask
+from mim_jax.train.loss import cross_entropy
+from mim_jax.train.optimizer import make_optimizer
 
 TEXT = [f"a photo of {n} {a} on a {b} and here is one more" for n in range(30)
         for a, b in [("cats", "sofa"), ("dogs", "chair"), ("birds", "fence")]]
@@ -114,7 +115,8 @@ def test_stages_train_only_what_they_should(tokenizer):
 
   for stage, llm_trains in [("stage1", False), ("stage2", True)]:
     mask = trainable_mask(params, STAGE_TRAINABLE[stage])
-    optimizer = freeze(optax.adamw(1e-2), STAGE_TRAINABLE[stage])
+    optimizer = make_optimizer(common.optimizer(learning_rate=1e-2, warmup_steps=0), 100,
+                               trainable=STAGE_TRAINABLE[stage])
     state = optimizer.init(params)
     updates, state = optimizer.update(grads, state, params)
     new = optax.apply_updates(params, updates)

@@ -10,7 +10,8 @@ from configs import common
 from mim_jax.models.llama import Llama, boxed_init_fn, init_params
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.nn.sharding import DEFAULT_RULES, activation_sharding, create_mesh, create_mesh_devices, logical_to_spec, sharded_init
-from mim_jax.train.lm_step import batch_sharding, loss_fn
+from mim_jax.train.loss import lm_loss
+from mim_jax.train.state import batch_sharding
 
 CFG = LlamaConfig(vocab_size=259, embed_dim=64, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=128,
                   init_std=0.2)
@@ -21,7 +22,7 @@ def _mesh(data, fsdp, tensor):
 
 
 def _loss_and_grads(params, batch, mesh=None):
-  fn = jax.value_and_grad(lambda p: loss_fn(Llama(CFG), p, batch)[0])
+  fn = jax.value_and_grad(lambda p: lm_loss(Llama(CFG), p, batch)[0])
   if mesh is None:
     return jax.jit(fn)(params)
 

@@ -14,7 +14,7 @@ from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIM, MIMConfig, init_params
 from mim_jax.models.qformer import QFormerConfig
-from mim_jax.train import lm_step
+from mim_jax.train.step import make_train_step
 from mim_jax.train.freeze import STAGE_TRAINABLE
 from mim_jax.train.loop import _finish
 from mim_jax.train.optimizer import make_optimizer
@@ -47,7 +47,7 @@ def opt_config(**overrides):
 
 
 def run_step(cfg, params, batch, optimizer, **step_kwargs):
-  step = jax.jit(lm_step.make_train_step(MIM(cfg), optimizer, **step_kwargs))
+  step = jax.jit(make_train_step(MIM(cfg), optimizer, **step_kwargs))
   state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
   return step(state, {k: jnp.asarray(v) for k, v in batch.items()})
 

@@ -68,12 +68,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from mim_jax.data.batch_spec import FEATURE_FIELDS
 from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts
 from mim_jax.data.tokenizer import Tokenizer
 
 B_INST, E_INST = "[INST]", "[/INST]"
-ARRAY_FIELDS = ("tokens", "targets", "weights", "positions", "mask", "valid",
-                "image_starts", "image_valid", "image_ids", "medium_starts", "medium_valid")
 
 
 class FeatureError(ConversationError):
@@ -123,7 +122,7 @@ class Features:
   stats: Counter
 
   def arrays(self) -> dict[str, np.ndarray]:
-    return {name: getattr(self, name) for name in ARRAY_FIELDS}
+    return {name: getattr(self, name) for name in FEATURE_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,4 +313,4 @@ def stack_features(examples: Sequence[Features]) -> dict[str, np.ndarray]:
   """A batch: each array field stacked along a new leading axis."""
   if not examples:
     raise ValueError("stack_features needs at least one example")
-  return {name: np.stack([getattr(e, name) for e in examples]) for name in ARRAY_FIELDS}
+  return {name: np.stack([getattr(e, name) for e in examples]) for name in FEATURE_FIELDS}

@@ -89,7 +89,7 @@ def pixel_table() -> np.ndarray:
 
 def normalize_pixels(pixels_hwc: np.ndarray) -> np.ndarray:
   """uint8 (…, H, W, 3) → float32 normalised with the CLIP mean/std. The train
-  step does the same lookup on device (train/lm_step.py)."""
+  step does the same lookup on device (train/loss.py)."""
   return pixel_table()[pixels_hwc.astype(np.int32), np.arange(3)]
 
 

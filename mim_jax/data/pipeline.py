@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mim_jax.data.batch_spec import BatchSpec
 from mim_jax.data.conversation import ConversationError, conversation_from_json
 from mim_jax.data.features import FeatureConfig, build_features
 from mim_jax.data.images import IMAGE_SIZE, BadImageError, decode_image, resize_image
@@ -171,15 +172,12 @@ class InputPipeline:
                              "names": tf.reshape(r["id"], [1]), "images": tf.reshape(r["image"], [1])})
 
   def _output_spec(self) -> list[tuple[str, tf.DType, tuple]]:
-    """(name, dtype, shape) of what `_build` returns, in order."""
-    t, m, s = self.features.max_len, self.features.max_images, self.image_size
-    outputs = [("tokens", tf.int32, (t,)), ("targets", tf.int32, (t,)), ("weights", tf.float32, (t,)),
-               ("positions", tf.int32, (t,)), ("mask", tf.bool, (t, t)), ("valid", tf.bool, (t,)),
-               ("image_starts", tf.int32, (m,)), ("image_valid", tf.bool, (m,)), ("pixels", tf.uint8, (m, s, s, 3))]
-    if self.caption_tokenizer is not None:
-      outputs += [("medium_starts", tf.int32, (m,)), ("medium_valid", tf.bool, (m,)),
-                  ("medium_caption_ids", tf.int32, (m, self.caption_tokenizer.length))]
-    return outputs + [("keep", tf.bool, ())]
+    """(name, dtype, shape) of what `_build` returns, in order: the batch spec's example, then `keep`."""
+    medium = self.caption_tokenizer is not None
+    spec = BatchSpec(batch_size=1, seq_len=self.features.max_len, max_images=self.features.max_images,
+                     image_size=self.image_size, medium=medium,
+                     caption_length=self.caption_tokenizer.length if medium else 0)
+    return [(name, tf.as_dtype(dtype), shape) for name, dtype, shape in spec.example()] + [("keep", tf.bool, ())]
 
   def _features(self, index, record):
     spec = self._spec
@@ -211,11 +209,10 @@ class InputPipeline:
     with self._lock:
       self.counts.update({f"note:{k}": v for k, v in built.stats.items()})
       self.counts["kept"] += 1
-    arrays = [built.tokens, built.targets, built.weights, built.positions, built.mask, built.valid,
-              built.image_starts, built.image_valid, pixels]
+    arrays = {**built.arrays(), "pixels": pixels}
     if self.caption_tokenizer is not None:
-      arrays += [built.medium_starts, built.medium_valid, self.caption_tokenizer(built.medium_captions)]
-    return (*arrays, np.bool_(True))
+      arrays["medium_caption_ids"] = self.caption_tokenizer(built.medium_captions)
+    return (*(arrays[name] for name, _, _ in self._spec[:-1]), np.bool_(True))
 
   def _empty(self):
     return tuple(np.zeros(shape, dtype.as_numpy_dtype) for _, dtype, shape in self._spec)

@@ -40,6 +40,10 @@ class MIMConfig:
   def num_image_tokens(self) -> int:
     return self.qformer.num_queries
 
+  def to_dict(self) -> dict:
+    return {"llm": self.llm.to_dict(), "vision": self.vision.to_dict(), "qformer": self.qformer.to_dict(),
+            "medium": self.medium.to_dict()}
+
 
 def scatter_image_embeddings(embeds_btd: jax.Array, image_embeds_nkd: jax.Array, image_starts_bm: jax.Array,
                              image_rows_bm: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 from etils import epath
 
+from mim_jax.convert.llama import save_hf_llama
 from mim_jax.convert.mim import save_hf_mim, save_textbind
 from mim_jax.data.tokenizer import Tokenizer
 from mim_jax.models.eva_vit import VisionConfig
@@ -29,10 +30,10 @@ from mim_jax.train.checkpoint import restore_params
 FORMATS = ("hf", "textbind")
 
 
-def run_config(meta: dict) -> MIMConfig:
+def run_config(meta: dict) -> MIMConfig | LlamaConfig:
   model = meta["model_config"]
   if "llm" not in model:
-    raise ValueError("this run trained a plain Llama; export it with mim_jax.convert.llama.save_hf_llama")
+    return LlamaConfig.from_dict(model)
   medium = MediumConfig.from_dict(model["medium"]) if "medium" in model else MediumConfig()
   return MIMConfig(LlamaConfig.from_dict(model["llm"]), VisionConfig.from_dict(model["vision"]),
                    QFormerConfig.from_dict(model["qformer"]), medium)
@@ -45,13 +46,19 @@ def run_tokenizer(workdir: epath.Path, meta: dict) -> Tokenizer:
 
 
 def export(workdir: str, out: str, *, fmt: str = "hf", step: int | None = None, dtype: str = "bfloat16",
-           vision_out: str | None = None) -> Path:
+           vision_out: str | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
+  """A MIM run → `hf` (Blip2 layout) or `textbind`; a Llama run → a HF LlamaForCausalLM directory (`hf`)."""
   if fmt not in FORMATS:
     raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
   workdir = epath.Path(workdir)
   params, meta = restore_params(workdir / "checkpoints", step)
   params = jax.device_get(params)
   cfg = run_config(meta)
+  if isinstance(cfg, LlamaConfig):
+    if fmt != "hf":
+      raise ValueError(f"this run trained a plain Llama, which exports as 'hf' only, not {fmt!r}")
+    return save_hf_llama(out, cfg, params, tokenizer=run_tokenizer(workdir, meta), dtype=dtype,
+                         max_shard_bytes=max_shard_bytes)
   if fmt == "hf":
     return save_hf_mim(out, cfg, params, tokenizer=run_tokenizer(workdir, meta), dtype=dtype)
   save_textbind(out, cfg, params, vision_path=vision_out, dtype=dtype)

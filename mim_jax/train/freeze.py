@@ -1,8 +1,10 @@
 """Which params a stage trains, by regex over '/'-joined param paths (spec §3).
 
 Stage 1 trains the Q-Former, its query tokens and the projection; stage 2 adds
-the whole LLM (new vocabulary rows included). The ViT is frozen in both. A
-frozen param gets no optimizer state (`optax.set_to_zero` branch).
+the whole LLM (new vocabulary rows included). The ViT is frozen in both.
+`trainable_mask` is the one freezing mechanism: the step stops gradients at
+the params it marks frozen, and train/optimizer.py gives those no optimizer
+state (its `optax.set_to_zero` group).
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import optax
 
 STAGE_TRAINABLE = {
     "stage1": (r"^image_encoder/(qformer|query_tokens|projection)(/|$)",),
@@ -35,15 +36,6 @@ def trainable_mask(params, patterns: Sequence[str]):
   if not any(jax.tree.leaves(mask)):
     raise ValueError(f"trainable patterns {list(patterns)} match no parameter; check them against the param paths")
   return mask
-
-
-def freeze(optimizer: optax.GradientTransformation, patterns: Sequence[str]) -> optax.GradientTransformation:
-  """`optimizer` on params matching `patterns`; the others get zero updates and keep no state."""
-
-  def labels(params):
-    return jax.tree.map(lambda trainable: "train" if trainable else "frozen", trainable_mask(params, patterns))
-
-  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 def trains_under(params, patterns: Sequence[str] | None, prefix: str) -> bool:

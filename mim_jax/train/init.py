@@ -24,25 +24,25 @@ from jax.experimental import multihost_utils
 from mim_jax.convert.blip2 import load_hf_image_encoder
 from mim_jax.convert.llama import load_hf_llama
 from mim_jax.convert.mim import load_hf_mim, load_textbind
+from mim_jax.data.text_windows import read_text_lines
 from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIMConfig
 from mim_jax.models.vocab import resize_vocab
 
-SAMPLE_TEXT = Path(__file__).parents[1] / "assets" / "sample_text.txt"
 log = logging.getLogger("mim_jax.train")
 
 
 def load_tokenizer(config, workdir: Path, vocab_size: int) -> Tokenizer:
-  """config.tokenizer, or (tiny runs) a sentencepiece model trained once on the
-  bundled text and kept in the workdir, so a resumed run reuses it."""
+  """config.tokenizer, or (tiny runs) a sentencepiece model trained once on
+  data.text_file (the bundled text by default) and kept in the workdir, so a
+  resumed run reuses it."""
   if config.tokenizer:
     tokenizer = Tokenizer.load(config.tokenizer)
   else:
     directory = workdir / "tokenizer"
     if jax.process_index() == 0 and not (directory / "tokenizer.model").is_file():
-      lines = [line for line in SAMPLE_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-      train_sentencepiece(lines, directory, vocab_size - 3)
+      train_sentencepiece(read_text_lines(config.data.text_file), directory, vocab_size - 3)
     multihost_utils.sync_global_devices("tokenizer")
     tokenizer = Tokenizer.load(directory)
   if tokenizer.vocab_size > vocab_size:

@@ -19,55 +19,42 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mim_jax.config import is_mim, model_config, validate
 from mim_jax.data.batches import ReaderGroup, to_global
 from mim_jax.data.features import FeatureConfig
 from mim_jax.data.pipeline import DataSource, InputPipeline
-from mim_jax.models import llama, mim
-from mim_jax.models.mim import MIMConfig
-from mim_jax.nn.sharding import create_mesh
-from mim_jax.train import checkpoint, distributed, lm_step, medium_step, metrics
-from mim_jax.train.freeze import trains_under
+from mim_jax.data.text_windows import TextWindows, read_text_lines, token_windows
+from mim_jax.train import checkpoint, distributed, metrics
 from mim_jax.train.init import load_tokenizer, place, pretrained_params
 from mim_jax.train.medium_targets import MediumTargets
-from mim_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from mim_jax.train.optimizer import learning_rate_schedule
+from mim_jax.train.setup import Run, build_run
 
 log = logging.getLogger("mim_jax.train")
-STEP_KEYS = ("tokens", "targets", "weights", "positions", "mask", "image_starts", "image_rows", "images",
-             "medium_starts", "medium_valid", "medium_caption_ids")
 
 
 class Preempted(Exception):
   """Raised after the checkpoint of a SIGTERM'd run is safely written."""
 
 
-def model_config_dict(cfg) -> dict:
-  if isinstance(cfg, MIMConfig):
-    return {"llm": cfg.llm.to_dict(), "vision": cfg.vision.to_dict(), "qformer": cfg.qformer.to_dict(),
-            "medium": cfg.medium.to_dict()}
-  return cfg.to_dict()
-
-
-def _uses_medium(cfg) -> bool:
-  return isinstance(cfg, MIMConfig) and cfg.medium.kind == "qformer"
-
-
-def _readers(config, tokenizer, cfg, medium: MediumTargets | None) -> ReaderGroup:
-  data, train = config.data, config.train
+def _readers(run: Run, tokenizer, medium: MediumTargets | None):
+  """The run's data: conversation/caption datasets for models that read images, text windows for a Llama."""
+  data, train = run.config.data, run.config.train
+  if not run.family.images:
+    windows = token_windows(tokenizer, read_text_lines(data.text_file), train.seq_len)
+    log.info("text: %d windows of %d tokens", len(windows), train.seq_len)
+    return TextWindows(windows, batch_size=train.batch_size, seed=train.seed)
   data_dir = epath.Path(data.data_dir).expanduser()
   sources = [DataSource(path=str(data_dir / s.path), weight=s.weight, split=s.split) for s in data.sources.values()]
   features = FeatureConfig(
-      max_len=train.seq_len, max_images=data.max_images,
-      num_image_tokens=cfg.num_image_tokens if isinstance(cfg, MIMConfig) else 32,
+      max_len=train.seq_len, max_images=data.max_images, num_image_tokens=run.model_cfg.num_image_tokens,
       caption_branches=data.caption_branches, branches_see_earlier_branches=data.branches_see_earlier_branches,
-      pad_id=tokenizer.pad_id or 0, medium_prompt_tokens=cfg.medium.num_prompt_tokens if medium else 0)
+      pad_id=tokenizer.pad_id or 0, medium_prompt_tokens=run.model_cfg.medium.num_prompt_tokens if medium else 0)
   readers = data.readers or jax.process_count()
 
   def make_pipeline(index: int, count: int) -> InputPipeline:
     return InputPipeline(sources, tokenizer, features, batch_size=train.batch_size // count, seed=train.seed,
                          shard_index=index, shard_count=count, shuffle_buffer=data.shuffle_buffer,
-                         num_parallel_calls=data.num_parallel_calls,
-                         image_size=cfg.vision.image_size if isinstance(cfg, MIMConfig) else 224,
+                         num_parallel_calls=data.num_parallel_calls, image_size=run.batch.image_size,
                          caption_tokenizer=medium.tokenizer if medium else None)
 
   return ReaderGroup(make_pipeline, readers=readers, budget=train.images_per_batch,
@@ -115,55 +102,30 @@ def _first_bad_leaf(params, finite) -> str:
 def train(config, workdir: str | Path) -> dict:
   """Runs (or resumes) the configured training; returns {"step", "losses"} of this invocation."""
   distributed.initialize()
-  validate(config)
+  run = build_run(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   train_cfg = config.train
   _check_batch_shape(config)
-  cfg = model_config(config)
-  llm_cfg = cfg.llm if isinstance(cfg, MIMConfig) else cfg
-  tokenizer = load_tokenizer(config, workdir, llm_cfg.vocab_size)
-  mesh, rules = create_mesh(config.mesh), config.sharding_rules
-  rng = jax.random.key(train_cfg.seed)
-  trainable = tuple(config.trainable) if is_mim(config) else None
-  optimizer = make_optimizer(config.optimizer, train_cfg.steps, trainable=trainable,
-                             lr_multipliers=tuple(tuple(r) for r in config.optimizer.lr_multipliers))
-  init_fn = mim.boxed_init_fn(cfg) if isinstance(cfg, MIMConfig) else llama.boxed_init_fn(cfg)
-  model = mim.MIM(cfg) if isinstance(cfg, MIMConfig) else llama.Llama(cfg)
-  shardings = lm_step.state_shardings(init_fn, optimizer, rng, mesh, rules)
-  data_sharding = lm_step.batch_sharding(mesh, rules)
-  abstract_params = jax.eval_shape(init_fn, rng)
-  medium = None
-  if _uses_medium(cfg):
-    if not trains_under(abstract_params, trainable, "image_medium/"):
-      raise ValueError("model.medium.kind is 'qformer' but no `trainable` pattern matches its params; add "
-                       "r'^image_medium/' (configs/ablations.py:qformer_medium does)")
-    medium = MediumTargets(config.medium_targets, cfg.medium, mesh, data_sharding)
-  elif config.get("medium_targets"):
-    raise ValueError("medium_targets is set but model.medium.kind is 'language', which has no regression targets; "
-                     "set --config.model.medium.kind=qformer or clear medium_targets")
-  readers = _readers(config, tokenizer, cfg, medium)
+  tokenizer = load_tokenizer(config, workdir, run.llm.vocab_size)
+  medium = MediumTargets(config.medium_targets, run.model_cfg.medium, run.mesh, run.data_sharding) if run.medium \
+      else None
+  readers = _readers(run, tokenizer, medium)
   manager = checkpoint.make_manager(workdir / "checkpoints", keep_last=config.checkpoint.keep_last,
                                     keep_every=config.checkpoint.keep_every or None,
                                     async_save=config.checkpoint.async_save)
-  model_dict = model_config_dict(cfg)
-  state, start = _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, readers)
-  dropout = train_cfg.dropout and isinstance(cfg, MIMConfig)
-  loss = medium_step.weighted(train_cfg.medium_loss_weight) if medium else lm_step.loss_fn
-  step_fn = lm_step.jit_train_step(
-      lm_step.make_train_step(model, optimizer, trainable=trainable, accum_steps=train_cfg.grad_accum_steps,
-                              dropout_seed=train_cfg.seed if dropout else None, loss=loss), shardings, mesh, rules)
-  flops = metrics.step_flops(cfg, batch=train_cfg.batch_size, seq_len=train_cfg.seq_len,
-                             images=train_cfg.images_per_batch,
-                             llm_trains=trains_under(abstract_params, trainable, "llm/"),
-                             qformer_trains=trains_under(abstract_params, trainable, "image_encoder/qformer/"))
+  model_dict = run.model_cfg.to_dict()
+  state, start = _initial_state(run, manager, model_dict, readers)
+  step_fn = run.jit_step()
+  host_keys, data_sharding = run.batch.host_keys(), run.data_sharding
+  flops = run.flops()
   logger = metrics.MetricsLogger(workdir, train_cfg.steps, flops,
                                  metrics.peak_flops(jax.devices()[0], train_cfg.peak_flops_per_device))
   schedule = learning_rate_schedule(config.optimizer, train_cfg.steps)
   history = _History(workdir / "metrics.jsonl", start)
   preemption = _Preemption()
   meta = {"config": json.loads(config.to_json()), "model_config": model_dict}
-  log.info("mesh %s; %s; steps %d → %d; %.3g FLOPs/step", dict(mesh.shape), type(cfg).__name__, start,
+  log.info("mesh %s; %s; steps %d → %d; %.3g FLOPs/step", dict(run.mesh.shape), type(run.model_cfg).__name__, start,
            train_cfg.steps, flops)
 
   pending, window = None, {"steps": 0, "tokens": 0.0, "images": 0.0}
@@ -174,7 +136,7 @@ def train(config, workdir: str | Path) -> dict:
       if dropped:
         log.warning("step %d: %d example(s) had no room in the image budget and train on nothing; raise "
                     "train.images_per_batch", step + 1, dropped)
-      batch = to_global({k: v for k, v in arrays.items() if k in STEP_KEYS}, data_sharding)
+      batch = to_global({k: arrays[k] for k in host_keys}, data_sharding)
       if medium:
         batch["medium_targets"] = medium(batch.pop("medium_caption_ids"))
       state, step_metrics = step_fn(state, batch)
@@ -203,21 +165,18 @@ def train(config, workdir: str | Path) -> dict:
   return {"step": train_cfg.steps, "losses": losses}
 
 
-def _initial_state(config, cfg, manager, model_dict, init_fn, optimizer, rng, shardings, readers):
+def _initial_state(run: Run, manager, model_dict, readers):
   latest = manager.latest_step()
   if latest is not None:
     where = f"checkpoint {manager.directory}/{latest}"
     checkpoint.check_compatible(checkpoint.read_meta(manager, latest), model_dict, where)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            jax.eval_shape(lambda r: lm_step.init_state(init_fn, optimizer, r, shardings), rng),
-                            shardings)
-    data = None if config.train.reset_data_on_resume else readers
-    state, _ = checkpoint.restore(manager, latest, abstract, data)
+    data = None if run.config.train.reset_data_on_resume else readers
+    state, _ = checkpoint.restore(manager, latest, run.abstract_state(), data)
     log.info("resumed from %s", where)
     return state, latest
-  state = lm_step.init_state(init_fn, optimizer, rng, shardings)
-  loaded = pretrained_params(config, cfg, jax.random.fold_in(rng, 1))
-  state["params"] = place(state["params"], loaded, shardings["params"])
+  state = run.init_state()
+  loaded = pretrained_params(run.config, run.model_cfg, jax.random.fold_in(run.rng, 1))
+  state["params"] = place(state["params"], loaded, run.shardings["params"])
   return state, 0
 
 

@@ -20,6 +20,7 @@ MFU = FLOPs / step time / devices / the device's peak dense bf16 FLOP/s.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -31,19 +32,36 @@ from mim_jax.models.mim import MIMConfig
 
 log = logging.getLogger("mim_jax.train")
 
-# Peak dense bf16 FLOP/s per device (chip for TPU), from the vendors' datasheets.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100": 312e12}
+GIB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One accelerator generation, from the vendors' datasheets: peak dense bf16 FLOP/s and HBM per chip."""
+  topology: str  # libtpu's generation prefix of a topology name (launch/aot_compile.py); "" for GPUs
+  device_kinds: tuple[str, ...]  # prefixes of jax's `device_kind`
+  peak_bf16_flops: float
+  hbm_bytes: int
+
+
+CHIPS = (
+    Chip("v4", ("TPU v4",), 275e12, 32 * GIB),
+    Chip("v5e", ("TPU v5 lite", "TPU v5e"), 197e12, 16 * GIB),
+    Chip("v5p", ("TPU v5p", "TPU v5"), 459e12, 95 * GIB),
+    Chip("v6e", ("TPU v6 lite", "TPU v6e"), 918e12, 32 * GIB),
+    Chip("", ("NVIDIA H100",), 989e12, 80 * GIB),
+    Chip("", ("NVIDIA H200",), 989e12, 141 * GIB),
+    Chip("", ("NVIDIA A100",), 312e12, 80 * GIB),
+)
 
 
 def peak_flops(device: jax.Device, override: float = 0.0) -> float | None:
   """The device's peak, `override` if positive, None when unknown (CPU)."""
   if override > 0:
     return override
-  kind = device.device_kind
-  return next((value for prefix, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
-               if kind.startswith(prefix)), None)
+  matches = [(len(prefix), chip) for chip in CHIPS for prefix in chip.device_kinds
+             if device.device_kind.startswith(prefix)]
+  return max(matches, key=lambda m: m[0])[1].peak_bf16_flops if matches else None
 
 
 def _llama_matmul_params(cfg: LlamaConfig) -> tuple[int, int]:
