@@ -19,11 +19,7 @@ from etils import epath
 
 from mim_jax.convert.mim import save_hf_mim, save_textbind
 from mim_jax.data.tokenizer import Tokenizer
-from mim_jax.models.eva_vit import VisionConfig
-from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIMConfig
-from mim_jax.models.image_medium import MediumConfig
-from mim_jax.models.qformer import QFormerConfig
 from mim_jax.train.checkpoint import restore_params
 
 FORMATS = ("hf", "textbind")
@@ -33,9 +29,7 @@ def run_config(meta: dict) -> MIMConfig:
   model = meta["model_config"]
   if "llm" not in model:
     raise ValueError("this run trained a plain Llama; export it with mim_jax.convert.llama.save_hf_llama")
-  medium = MediumConfig.from_dict(model["medium"]) if "medium" in model else MediumConfig()
-  return MIMConfig(LlamaConfig.from_dict(model["llm"]), VisionConfig.from_dict(model["vision"]),
-                   QFormerConfig.from_dict(model["qformer"]), medium)
+  return MIMConfig.from_dict(model)
 
 
 def run_tokenizer(workdir: epath.Path, meta: dict) -> Tokenizer:
