@@ -48,8 +48,8 @@ def test_nested_configs_come_back_as_their_classes():
     (QFormerConfig, {"queries": 3}, r"unknown qformer field\(s\) \['queries'\] for QFormerConfig"),
     (MediumConfig, {"kind": "qformer", "tokens": 3}, r"unknown medium field\(s\) \['tokens'\] for MediumConfig"),
     (ClipVisionConfig, {"width": 3}, r"unknown clip.vision field\(s\) \['width'\] for ClipVisionConfig"),
-    (ClipConfig, {"audio": {}}, r"unknown clip field\(s\) \['audio'\] for ClipConfig; known fields: "
-                                r"\['logit_scale_init', 'text', 'vision'\]"),
+    (ClipConfig, {"audio": {}},
+     r"unknown clip field\(s\) \['audio'\] for ClipConfig; known fields: \['logit_scale_init', 'text', 'vision'\]"),
     (MIMConfig, {"llm": {}, "vision": {}, "qformer": {}, "decoder": {}},
      r"unknown model field\(s\) \['decoder'\] for MIMConfig; known fields: \['llm', 'medium', 'qformer', 'vision'\]"),
 ])

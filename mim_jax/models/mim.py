@@ -21,12 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.models.config_base import ConfigBase, from_preset
-from mim_jax.models.eva_vit import PRESETS as VISION_PRESETS, VisionConfig
+from mim_jax.models.eva_vit import PRESETS as VISION_PRESETS
+from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.image_encoder import ImageEncoder
 from mim_jax.models.image_medium import ImageMedium, MediumConfig
 from mim_jax.models.llama import Llama
-from mim_jax.models.llama_config import PRESETS as LLAMA_PRESETS, LlamaConfig
-from mim_jax.models.qformer import PRESETS as QFORMER_PRESETS, QFormerConfig
+from mim_jax.models.llama_config import PRESETS as LLAMA_PRESETS
+from mim_jax.models.llama_config import LlamaConfig
+from mim_jax.models.qformer import PRESETS as QFORMER_PRESETS
+from mim_jax.models.qformer import QFormerConfig
 from mim_jax.nn.kv_cache import KVCache
 
 
