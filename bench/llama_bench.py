@@ -34,7 +34,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from configs import common, models  # noqa: E402
+from configs import common  # noqa: E402
 from mim_jax.convert.llama import load_hf_llama  # noqa: E402
 from mim_jax.infer.generate import SamplingConfig, generate  # noqa: E402
 from mim_jax.models.llama import DecoderLayer, Llama  # noqa: E402
@@ -74,7 +74,7 @@ DECODE_BATCHES = (1, 8)
 
 
 def preset(layers: int) -> LlamaConfig:
-  return dataclasses.replace(LlamaConfig.from_dict(models.llama("bench_130m")), num_layers=layers)
+  return LlamaConfig.preset("bench_130m", num_layers=layers)
 
 
 def save_hf_model(cfg: LlamaConfig, directory: str) -> transformers.LlamaForCausalLM:

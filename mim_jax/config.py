@@ -9,11 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mim_jax.models.eva_vit import VisionConfig
-from mim_jax.models.image_medium import MediumConfig
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIMConfig
-from mim_jax.models.qformer import QFormerConfig
 from mim_jax.nn.sharding import MESH_AXES
 
 REQUIRED_LOGICAL_AXES = ("batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
@@ -29,16 +26,8 @@ def is_mim(config) -> bool:
 
 
 def model_config(config) -> LlamaConfig | MIMConfig:
-  if not is_mim(config):
-    return LlamaConfig.from_dict(config.model.to_dict())
-  medium = MediumConfig.from_dict(config.model.medium.to_dict()) if "medium" in config.model else MediumConfig()
-  mim = MIMConfig(LlamaConfig.from_dict(config.model.llm.to_dict()),
-                  VisionConfig.from_dict(config.model.vision.to_dict()),
-                  QFormerConfig.from_dict(config.model.qformer.to_dict()), medium)
-  if mim.qformer.encoder_dim != mim.vision.embed_dim:
-    raise ValueError(f"model.qformer.encoder_dim ({mim.qformer.encoder_dim}) must equal model.vision.embed_dim "
-                     f"({mim.vision.embed_dim})")
-  return mim
+  cls = MIMConfig if is_mim(config) else LlamaConfig
+  return cls.from_dict(config.model.to_dict())
 
 
 def llm_config(config) -> LlamaConfig:

@@ -11,9 +11,10 @@ and SDXL ship a text tower by itself (`CLIPTextModel`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 from mim_jax.models import config_checks
+from mim_jax.models.config_base import ConfigBase, from_preset
 from mim_jax.nn.remat import POLICY_NAMES
 
 # HF `hidden_act` names; quick_gelu is OpenAI's x * sigmoid(1.702 x), gelu the exact (erf) one.
@@ -107,8 +108,10 @@ class ClipTextConfig(_TowerChecks):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(ConfigBase):
   """Both towers; their `projection_dim`s must agree (the joint embedding width)."""
+
+  SECTION: ClassVar[str] = "clip"
 
   vision: ClipVisionConfig = ClipVisionConfig()
   text: ClipTextConfig = ClipTextConfig()
@@ -125,18 +128,6 @@ class ClipConfig:
   def projection_dim(self) -> int:
     return self.vision.projection_dim
 
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ClipConfig":
-    unknown = sorted(set(values) - {"vision", "text", "logit_scale_init"})
-    if unknown:
-      raise ValueError(f"unknown clip field(s) {unknown}; known fields: ['logit_scale_init', 'text', 'vision']")
-    return cls(vision=ClipVisionConfig.from_dict(values.get("vision", {})),
-               text=ClipTextConfig.from_dict(values.get("text", {})),
-               logit_scale_init=float(values.get("logit_scale_init", cls.logit_scale_init)))
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"vision": self.vision.to_dict(), "text": self.text.to_dict(), "logit_scale_init": self.logit_scale_init}
-
   def replace_towers(self, **overrides) -> "ClipConfig":
     """The same config with `overrides` (dtype, scan_layers, ...) applied to both towers."""
     return dataclasses.replace(self, vision=dataclasses.replace(self.vision, **overrides),
@@ -144,9 +135,7 @@ class ClipConfig:
 
   @classmethod
   def preset(cls, name: str, **tower_overrides) -> "ClipConfig":
-    if name not in PRESETS:
-      raise ValueError(f"unknown clip preset {name!r}; presets: {', '.join(PRESETS)}")
-    return cls.from_dict(PRESETS[name]).replace_towers(**tower_overrides)
+    return from_preset(cls, PRESETS, name, {}).replace_towers(**tower_overrides)
 
 
 PRESETS = {

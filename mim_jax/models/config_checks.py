@@ -1,29 +1,21 @@
 """What the model config dataclasses share (LlamaConfig, VisionConfig,
-QFormerConfig): dict round trips, dtypes, and checks whose messages name the
-section and field (`model.num_heads`, `vision.embed_dim`, `qformer.dtype`)."""
+QFormerConfig, ...): dtypes, and checks whose messages name the section and
+field (`model.num_heads`, `vision.embed_dim`, `qformer.dtype`). Dict round
+trips are `config_base.ConfigBase`'s."""
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, Iterable
 
 import jax.numpy as jnp
 
+from mim_jax.models.config_base import ConfigBase
 from mim_jax.nn.attention import IMPLEMENTATIONS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class TowerConfig:
+class TowerConfig(ConfigBase):
   """Mixin for frozen config dataclasses with `dtype`, `param_dtype` and `attention_impl` fields."""
-
-  SECTION: ClassVar[str] = "model"
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]):
-    return from_dict(cls, values, cls.SECTION)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
   @property
   def compute_dtype(self):
@@ -37,14 +29,6 @@ class TowerConfig:
     check_choice(self.SECTION, "dtype", self.dtype, DTYPES)
     check_choice(self.SECTION, "param_dtype", self.param_dtype, DTYPES)
     check_choice(self.SECTION, "attention_impl", self.attention_impl, IMPLEMENTATIONS)
-
-
-def from_dict(cls, values: Mapping[str, Any], section: str):
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ValueError(f"unknown {section} field(s) {unknown}; known fields: {sorted(known)}")
-  return cls(**dict(values))
 
 
 def check_choice(section: str, field: str, value: Any, allowed: Iterable[str]) -> None:

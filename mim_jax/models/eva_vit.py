@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mim_jax.models import config_checks
+from mim_jax.models.config_base import from_preset
 from mim_jax.nn.attention import dot_product_attention
 from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param, embed_patches
 from mim_jax.nn.layers import dense_param
@@ -56,9 +57,7 @@ class VisionConfig(config_checks.TowerConfig):
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "VisionConfig":
-    if name not in PRESETS:
-      raise ValueError(f"unknown vision preset {name!r}; presets: {', '.join(PRESETS)}")
-    return cls.from_dict({**PRESETS[name], **overrides})
+    return from_preset(cls, PRESETS, name, overrides)
 
   @property
   def head_dim(self) -> int:

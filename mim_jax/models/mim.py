@@ -20,29 +20,60 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax.models.config_base import ConfigBase, from_preset
+from mim_jax.models.eva_vit import PRESETS as VISION_PRESETS
 from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.image_encoder import ImageEncoder
 from mim_jax.models.image_medium import ImageMedium, MediumConfig
 from mim_jax.models.llama import Llama
+from mim_jax.models.llama_config import PRESETS as LLAMA_PRESETS
 from mim_jax.models.llama_config import LlamaConfig
+from mim_jax.models.qformer import PRESETS as QFORMER_PRESETS
 from mim_jax.models.qformer import QFormerConfig
 from mim_jax.nn.kv_cache import KVCache
 
 
 @dataclasses.dataclass(frozen=True)
-class MIMConfig:
+class MIMConfig(ConfigBase):
+  """The four towers. `medium` defaults to the language medium, so run configs
+  and exports written before the image medium existed still load."""
+
   llm: LlamaConfig
   vision: VisionConfig
   qformer: QFormerConfig
   medium: MediumConfig = MediumConfig()
 
+  def __post_init__(self):
+    if self.qformer.encoder_dim != self.vision.embed_dim:
+      raise ValueError(f"model.qformer.encoder_dim ({self.qformer.encoder_dim}) must equal model.vision.embed_dim "
+                       f"({self.vision.embed_dim})")
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "MIMConfig":
+    return from_preset(cls, PRESETS, name, overrides)
+
   @property
   def num_image_tokens(self) -> int:
     return self.qformer.num_queries
 
-  def to_dict(self) -> dict:
-    return {"llm": self.llm.to_dict(), "vision": self.vision.to_dict(), "qformer": self.qformer.to_dict(),
-            "medium": self.medium.to_dict()}
+
+NEW_TOKENS = 3  # <image>, <start>, <end> (spec §2)
+_FULL_COMPUTE = dict(dtype="bfloat16", remat_policy="dots_no_batch")
+
+
+def _llm_with_new_tokens(name: str) -> dict:
+  preset = LLAMA_PRESETS[name]
+  return dict(preset, vocab_size=preset["vocab_size"] + NEW_TOKENS)
+
+
+PRESETS = {
+    # EVA ViT-g + BLIP-2 Q-Former + Llama-2-7b (spec §2), bf16 compute, remat on the two big towers.
+    "full": dict(llm=dict(_llm_with_new_tokens("llama2_7b"), **_FULL_COMPUTE),
+                 vision=dict(VISION_PRESETS["eva_vit_g"], **_FULL_COMPUTE),
+                 qformer=dict(QFORMER_PRESETS["blip2"], dtype="bfloat16")),
+    # CPU-sized, the same structure.
+    "tiny": dict(llm=_llm_with_new_tokens("tiny"), vision=VISION_PRESETS["tiny"], qformer=QFORMER_PRESETS["tiny"]),
+}
 
 
 def scatter_image_embeddings(embeds_btd: jax.Array, image_embeds_nkd: jax.Array, image_starts_bm: jax.Array,

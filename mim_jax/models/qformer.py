@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mim_jax.models import config_checks
+from mim_jax.models.config_base import from_preset
 from mim_jax.nn.attention import dot_product_attention
 from mim_jax.nn.encoder_layers import GeluMLP, LayerNorm, bias_param
 from mim_jax.nn.layers import dense_param
@@ -56,9 +57,7 @@ class QFormerConfig(config_checks.TowerConfig):
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "QFormerConfig":
-    if name not in PRESETS:
-      raise ValueError(f"unknown qformer preset {name!r}; presets: {', '.join(PRESETS)}")
-    return cls.from_dict({**PRESETS[name], **overrides})
+    return from_preset(cls, PRESETS, name, overrides)
 
   def has_cross_attention(self, layer: int) -> bool:
     return layer % self.cross_attention_frequency == 0

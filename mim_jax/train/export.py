@@ -20,11 +20,8 @@ from etils import epath
 from mim_jax.convert.llama import save_hf_llama
 from mim_jax.convert.mim import save_hf_mim, save_textbind
 from mim_jax.data.tokenizer import Tokenizer
-from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIMConfig
-from mim_jax.models.image_medium import MediumConfig
-from mim_jax.models.qformer import QFormerConfig
 from mim_jax.train.checkpoint import restore_params
 
 FORMATS = ("hf", "textbind")
@@ -34,9 +31,7 @@ def run_config(meta: dict) -> MIMConfig | LlamaConfig:
   model = meta["model_config"]
   if "llm" not in model:
     return LlamaConfig.from_dict(model)
-  medium = MediumConfig.from_dict(model["medium"]) if "medium" in model else MediumConfig()
-  return MIMConfig(LlamaConfig.from_dict(model["llm"]), VisionConfig.from_dict(model["vision"]),
-                   QFormerConfig.from_dict(model["qformer"]), medium)
+  return MIMConfig.from_dict(model)
 
 
 def run_tokenizer(workdir: epath.Path, meta: dict) -> Tokenizer:
