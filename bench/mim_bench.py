@@ -40,6 +40,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from configs import common  # noqa: E402
 from mim_jax.convert.mim import load_hf_mim  # noqa: E402
 from mim_jax.models.eva_vit import EvaViT  # noqa: E402
 from mim_jax.models.image_encoder import ImageEncoder  # noqa: E402
@@ -47,7 +48,8 @@ from mim_jax.models.llama import Llama  # noqa: E402
 from mim_jax.models.mim import MIM, MIMConfig, pack_images  # noqa: E402
 from mim_jax.train.loss import cross_entropy  # noqa: E402
 from mim_jax.train.step import make_train_step  # noqa: E402
-from mim_jax.train.freeze import STAGE_TRAINABLE, freeze  # noqa: E402
+from mim_jax.train.freeze import STAGE_TRAINABLE  # noqa: E402
+from mim_jax.train.optimizer import make_optimizer  # noqa: E402
 from bench.common import cpu_seconds, machine, measure, ms, progress, row  # noqa: E402
 
 
@@ -186,15 +188,17 @@ def torch_encode(model, images: np.ndarray, repeats: int):
 
 
 def optimizer() -> optax.GradientTransformation:
-  return freeze(optax.adamw(ADAMW["lr"], ADAMW["b1"], ADAMW["b2"], ADAMW["eps"], weight_decay=ADAMW["weight_decay"]),
-                STAGE_TRAINABLE["stage2"])
+  """Training's optimizer (frozen params get no state), at a constant LR and without clipping, as torch's side."""
+  opt = common.optimizer(learning_rate=ADAMW["lr"], warmup_steps=0, b1=ADAMW["b1"], b2=ADAMW["b2"], eps=ADAMW["eps"],
+                         weight_decay=ADAMW["weight_decay"], grad_clip=1e30)
+  return make_optimizer(opt, 10**9, trainable=STAGE_TRAINABLE["stage2"])
 
 
 def ours_train(cfg: MIMConfig, params, batch, repeats: int):
   """(timing, compile s, losses) of the real jitted step: fwd+bwd+AdamW, state donated."""
   opt = optimizer()
   state = {"params": params, "opt_state": jax.jit(opt.init)(params), "step": jnp.zeros((), jnp.int32)}
-  step = jax.jit(make_train_step(MIM(cfg), opt), donate_argnums=0)
+  step = jax.jit(make_train_step(MIM(cfg), opt, trainable=STAGE_TRAINABLE["stage2"]), donate_argnums=0)
   batch = jax.device_put(batch)
   compiled, compile_s = compile_timed(step, state, batch)
   losses = []
