@@ -30,10 +30,10 @@ from launch.aot_compile import GIB, chip_for_topology, topology_devices  # noqa:
 from mim_jax.convert.diffusers import unet_example_args  # noqa: E402
 from mim_jax.models.diffusion import presets, schedulers  # noqa: E402
 from mim_jax.models.diffusion.denoise import Conditioning, Denoiser  # noqa: E402
-from mim_jax.models.diffusion.pipeline import data_mesh  # noqa: E402
 from mim_jax.models.diffusion.unet import UNet2DConditionModel  # noqa: E402
 from mim_jax.models.diffusion.unet_config import UNetConfig  # noqa: E402
 from mim_jax.models.diffusion.vae import AutoencoderKL, VAEConfig  # noqa: E402
+from mim_jax.nn.sharding import data_mesh  # noqa: E402
 
 STEPS, SIZE = 40, 1024
 

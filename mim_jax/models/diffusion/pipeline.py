@@ -13,7 +13,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from mim_jax.convert.diffusers import component_dir, load_scheduler, load_unet, load_vae, read_model_index
@@ -23,15 +23,11 @@ from mim_jax.models.diffusion.text_conditioning import TextConditioner, TextEnco
 from mim_jax.models.diffusion.unet import UNet2DConditionModel
 from mim_jax.models.diffusion.unet_config import UNetConfig
 from mim_jax.models.diffusion.vae import AutoencoderKL, VAEConfig
+from mim_jax.nn.sharding import data_mesh
 
 # diffusers' SDXL img2img micro-conditioning: the aesthetic score of the wanted and the unwanted image.
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 _TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  devices = list(devices or jax.devices())
-  return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
 
 
 @dataclasses.dataclass
