@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import diffusers  # noqa: E402
 import jax  # noqa: E402
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from diffusion_helpers import save_tiny_clip_tokenizer  # noqa: E402
+from bench.tiny_clip_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
 from mim_jax.models.diffusion import presets  # noqa: E402
 from mim_jax.models.diffusion.pipeline import StableDiffusion  # noqa: E402
 
