@@ -24,6 +24,11 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mim_jax.convert.diffusers_config import (
+  scheduler_config_from_diffusers,
+  unet_config_from_diffusers,
+  vae_config_from_diffusers,
+)
 from mim_jax.convert.safetensors_io import CheckpointReader
 from mim_jax.convert.table import Entry, get_path, read_tensor, same, set_path, shapes_of, transpose
 from mim_jax.models.config_checks import DTYPES
@@ -131,7 +136,7 @@ def load_unet(directory: str | os.PathLike, dtype: str = "float32", weight_dtype
   """(config, params) of a diffusers `unet/` folder; computes in `dtype`, stores weights in
   `weight_dtype` (default: `dtype`)."""
   directory = Path(directory)
-  config = UNetConfig.from_diffusers(read_json(directory / "config.json", "point at a diffusers unet/ folder"),
+  config = unet_config_from_diffusers(read_json(directory / "config.json", "point at a diffusers unet/ folder"),
                                      str(directory / "config.json"), dtype=dtype, attention_impl=attention_impl)
   return config, load_params(directory, UNet2DConditionModel(config), unet_example_args(config), weight_dtype or dtype)
 
@@ -151,8 +156,8 @@ def load_vae(directory: str | os.PathLike, dtype: str = "float32") -> tuple[VAEC
   """(config, params) of a diffusers `vae/` folder; a `force_upcast` VAE stays float32."""
   directory = Path(directory)
   raw = read_json(directory / "config.json", "point at a diffusers vae/ folder")
-  config = VAEConfig.from_diffusers(raw, str(directory / "config.json"))
-  config = VAEConfig.from_diffusers(raw, str(directory / "config.json"), dtype=config.compute_dtype(dtype))
+  config = vae_config_from_diffusers(raw, str(directory / "config.json"))
+  config = vae_config_from_diffusers(raw, str(directory / "config.json"), dtype=config.compute_dtype(dtype))
   size = 2 ** (len(config.block_out_channels) - 1)
   example = (jnp.zeros((1, size, size, config.in_channels)),)
   return config, load_params(directory, AutoencoderKL(config), example, config.dtype)
@@ -160,4 +165,4 @@ def load_vae(directory: str | os.PathLike, dtype: str = "float32") -> tuple[VAEC
 
 def load_scheduler(directory: str | os.PathLike, kind: str | None = None) -> SchedulerConfig:
   path = Path(directory) / "scheduler_config.json"
-  return SchedulerConfig.from_diffusers(read_json(path, "point at a diffusers scheduler/ folder"), str(path), kind)
+  return scheduler_config_from_diffusers(read_json(path, "point at a diffusers scheduler/ folder"), str(path), kind)
