@@ -37,7 +37,7 @@ import transformers  # noqa: E402
 
 from bench.common import machine, measure, ms, progress, row  # noqa: E402
 from bench.tiny_clip_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
-from mim_jax.models.diffusion.pipeline import StableDiffusion  # noqa: E402
+from mim_jax.infer.sd_pipeline import StableDiffusion  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
