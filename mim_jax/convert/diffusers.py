@@ -13,7 +13,6 @@ config and the weights disagree.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -29,8 +28,9 @@ from mim_jax.convert.diffusers_config import (
   unet_config_from_diffusers,
   vae_config_from_diffusers,
 )
+from mim_jax.convert.json_files import read_json
 from mim_jax.convert.safetensors_io import CheckpointReader
-from mim_jax.convert.table import Entry, get_path, read_tensor, same, set_path, shapes_of, transpose
+from mim_jax.convert.table import Entry, conv_kernel, get_path, read_tensor, same, set_path, shapes_of, transpose
 from mim_jax.models.config_checks import DTYPES
 from mim_jax.models.diffusion.schedulers import SchedulerConfig
 from mim_jax.models.diffusion.unet import UNet2DConditionModel
@@ -42,8 +42,6 @@ _INDEXED = re.compile(r"^(down_blocks|up_blocks|resnets|attentions|transformer_b
                       r"|net)_(\d+)$")
 # Checkpoints saved before diffusers 0.14 name the VAE attention's projections differently.
 _LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-_conv_to_ours = lambda w, c: w.transpose(2, 3, 1, 0)  # OIHW → HWIO
-_conv_to_hf = lambda w, c: w.transpose(3, 2, 0, 1)
 
 
 class _WeightDtype:
@@ -51,15 +49,6 @@ class _WeightDtype:
 
   def __init__(self, dtype: str):
     self.weight_dtype = DTYPES[dtype]
-
-
-def read_json(path: Path, what: str) -> dict:
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {what}")
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def read_model_index(directory: str | os.PathLike) -> dict:
@@ -89,7 +78,7 @@ def table_from_shapes(shapes: Mapping) -> list[Entry]:
     *modules, leaf = path
     prefix = ".".join(f"{m[1]}.{m[2]}" if (m := _INDEXED.match(name)) else name for name in modules)
     if leaf == "kernel" and len(shape) == 4:
-      entries.append(Entry(f"{prefix}.weight", path, _conv_to_ours, _conv_to_hf))
+      entries.append(Entry(f"{prefix}.weight", path, *conv_kernel))
     elif leaf == "kernel":
       entries.append(Entry(f"{prefix}.weight", path, transpose, transpose))
     elif leaf == "scale":
