@@ -9,7 +9,8 @@ the abstract parameter tree: `down_blocks_1/resnets_0/conv1/kernel` is
 `down_blocks.1.resnets.0.conv1.weight`; conv kernels go OIHW → HWIO, Linear
 weights (out, in) → (in, out), norm weights → `scale`. Every tensor is
 shape-checked, and tensors the model does not use are an error: both mean the
-config and the weights disagree.
+config and the weights disagree. The config files are translated by
+diffusers_config.py; a pipeline's text encoders load with sd_text_encoder.py.
 """
 from __future__ import annotations
 
