@@ -27,7 +27,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/mim_bench.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import diffusers  # noqa: E402
 import jax  # noqa: E402
@@ -37,8 +36,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from bench.common import machine, measure, ms, progress, row  # noqa: E402
-from diffusion_helpers import save_tiny_clip_tokenizer  # noqa: E402
-from mim_jax.models.diffusion.pipeline import StableDiffusion  # noqa: E402
+from bench.tiny_clip_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
+from mim_jax.infer.sd_pipeline import StableDiffusion  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,11 +29,11 @@ import torch  # noqa: E402
 from jax.sharding import AxisType, Mesh  # noqa: E402
 
 from mim_jax.convert.diffusers import read_params, unet_example_args  # noqa: E402
+from mim_jax.convert.diffusers_config import scheduler_config_from_diffusers, unet_config_from_diffusers  # noqa: E402
 from mim_jax.convert.table import ArrayReader  # noqa: E402
 from mim_jax.models.diffusion import presets, schedulers  # noqa: E402
 from mim_jax.models.diffusion.denoise import Conditioning, Denoiser  # noqa: E402
 from mim_jax.models.diffusion.unet import UNet2DConditionModel  # noqa: E402
-from mim_jax.models.diffusion.unet_config import UNetConfig  # noqa: E402
 
 GUIDANCE, SIZE = 5.0, 1024
 
@@ -77,7 +77,7 @@ def main() -> None:
     reference = diffusers.UNet2DConditionModel(**{k: v for k, v in presets.SDXL_BASE_UNET.items() if k[0] != "_"})
   reference = reference.to(torch.bfloat16).eval()
   state = {name: t.float().cpu().numpy() for name, t in reference.state_dict().items()}
-  configs = {impl: UNetConfig.from_diffusers(presets.SDXL_BASE_UNET, dtype="bfloat16", attention_impl=impl)
+  configs = {impl: unet_config_from_diffusers(presets.SDXL_BASE_UNET, dtype="bfloat16", attention_impl=impl)
              for impl in ("xla", "cudnn")}
   params = read_params(ArrayReader(state, "torch state dict"), UNet2DConditionModel(configs["xla"]),
                        unet_example_args(configs["xla"]), "bfloat16")
@@ -139,7 +139,7 @@ def main() -> None:
   log(f"diffusers {args.steps}-step guided loop: {torch_loop_s:.2f} s (first {first:.1f} s)")
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(AxisType.Auto,))
   denoiser = Denoiser(UNet2DConditionModel(configs[impl]), mesh)
-  schedule = schedulers.make_schedule(schedulers.SchedulerConfig.from_diffusers(scheduler_values), args.steps)
+  schedule = schedulers.make_schedule(scheduler_config_from_diffusers(scheduler_values), args.steps)
   to_pair = lambda v: np.stack([np.zeros_like(v), v], axis=1)
   cond = Conditioning(to_pair(noise["context"].numpy()), to_pair(noise["pooled"].numpy()),
                       to_pair(noise["time_ids"].numpy()))

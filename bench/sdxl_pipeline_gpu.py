@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import diffusers  # noqa: E402
 import jax  # noqa: E402
@@ -27,9 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from diffusion_helpers import save_tiny_clip_tokenizer  # noqa: E402
+from bench.tiny_clip_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
+from mim_jax.infer.sd_pipeline import StableDiffusion  # noqa: E402
 from mim_jax.models.diffusion import presets  # noqa: E402
-from mim_jax.models.diffusion.pipeline import StableDiffusion  # noqa: E402
 
 DESCRIPTIONS = ["a red fox in fresh snow", "a lighthouse at dusk"]
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,

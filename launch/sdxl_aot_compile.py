@@ -28,12 +28,16 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from launch.aot_compile import GIB, chip_for_topology, topology_devices  # noqa: E402
 from mim_jax.convert.diffusers import unet_example_args  # noqa: E402
+from mim_jax.convert.diffusers_config import (  # noqa: E402
+  scheduler_config_from_diffusers,
+  unet_config_from_diffusers,
+  vae_config_from_diffusers,
+)
 from mim_jax.models.diffusion import presets, schedulers  # noqa: E402
 from mim_jax.models.diffusion.denoise import Conditioning, Denoiser  # noqa: E402
-from mim_jax.models.diffusion.pipeline import data_mesh  # noqa: E402
 from mim_jax.models.diffusion.unet import UNet2DConditionModel  # noqa: E402
-from mim_jax.models.diffusion.unet_config import UNetConfig  # noqa: E402
-from mim_jax.models.diffusion.vae import AutoencoderKL, VAEConfig  # noqa: E402
+from mim_jax.models.diffusion.vae import AutoencoderKL  # noqa: E402
+from mim_jax.nn.sharding import data_mesh  # noqa: E402
 
 STEPS, SIZE = 40, 1024
 
@@ -53,7 +57,7 @@ def _memory(compiled) -> dict:
 def compile_denoiser(unet_values: dict, mesh, batch: int, dtype: str, num_time_ids: int, context_dim: int,
                      attention_impl: str = "xla") -> dict:
   """Lowers and compiles the 40-step guided loop of one UNet; memory per device."""
-  config = UNetConfig.from_diffusers(unet_values, dtype=dtype, attention_impl=attention_impl)
+  config = unet_config_from_diffusers(unet_values, dtype=dtype, attention_impl=attention_impl)
   unet = UNet2DConditionModel(config)
   replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   shapes = jax.eval_shape(unet.init, jax.random.key(0), *unet_example_args(config, num_time_ids))["params"]
@@ -63,7 +67,7 @@ def compile_denoiser(unet_values: dict, mesh, batch: int, dtype: str, num_time_i
       jax.ShapeDtypeStruct((batch, 2, presets.SDXL_TEXT_LENGTH, context_dim), jnp.float32, sharding=split),
       jax.ShapeDtypeStruct((batch, 2, presets.SDXL_POOLED_DIM), jnp.float32, sharding=split),
       jax.ShapeDtypeStruct((batch, 2, num_time_ids), jnp.float32, sharding=split))
-  schedule = schedulers.make_schedule(schedulers.SchedulerConfig.from_diffusers(presets.SDXL_SCHEDULER), STEPS)
+  schedule = schedulers.make_schedule(scheduler_config_from_diffusers(presets.SDXL_SCHEDULER), STEPS)
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
   latents = jax.ShapeDtypeStruct((batch, latent, latent, config.in_channels), jnp.float32, sharding=split)
   lowered = Denoiser(unet, mesh)._run.lower(params, latents, cond, _abstract(schedule, replicated),
@@ -74,7 +78,7 @@ def compile_denoiser(unet_values: dict, mesh, batch: int, dtype: str, num_time_i
 
 
 def compile_decoder(mesh, batch: int) -> dict:
-  config = VAEConfig.from_diffusers(presets.SDXL_VAE)  # force_upcast: float32
+  config = vae_config_from_diffusers(presets.SDXL_VAE)  # force_upcast: float32
   vae = AutoencoderKL(config)
   replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   latent = SIZE // 8

@@ -64,7 +64,7 @@ def make_renderer(args, medium: str = "language"):
 
   if args.renderer == "placeholder":
     return PlaceholderRenderer(size=256) if medium == "language" else PlaceholderEmbeddingRenderer(size=256)
-  from mim_jax.models.diffusion.pipeline import StableDiffusion
+  from mim_jax.infer.sd_pipeline import StableDiffusion
 
   pipe = StableDiffusion.load(args.sd, refiner_dir=args.refiner, dtype=args.sd_dtype)
   if medium == "qformer":

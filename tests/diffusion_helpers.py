@@ -2,11 +2,11 @@
 to disk, for loading through our real code, and their torch references."""
 from __future__ import annotations
 
-import json
-
 import diffusers
 import torch
 import transformers
+
+from bench.tiny_clip_tokenizer import save_tiny_clip_tokenizer
 
 UNET = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -19,28 +19,6 @@ SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
 # Distinct widths per encoder so a swapped or misplaced one cannot pass.
 TEXT = dict(vocab_size=514, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
-
-
-def _bytes_to_unicode() -> list[str]:
-  """CLIP's printable stand-ins for the 256 byte values."""
-  printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-  extra = iter(range(256, 512))
-  return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
-def save_tiny_clip_tokenizer(directory, pad_token="<|endoftext|>"):
-  """A byte-level CLIP BPE tokenizer with no merges: one token per byte (ids 0-511), then the two specials."""
-  directory.mkdir(parents=True, exist_ok=True)
-  chars = _bytes_to_unicode()
-  vocab = {c: i for i, c in enumerate(chars)}
-  vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-  vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
-  (directory / "vocab.json").write_text(json.dumps(vocab))
-  (directory / "merges.txt").write_text("#version: 0.2\n")
-  tokenizer = transformers.CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
-                                         pad_token=pad_token, model_max_length=77)
-  tokenizer.save_pretrained(str(directory))
-  return transformers.CLIPTokenizer.from_pretrained(str(directory))
 
 
 def _beside(directory, i):

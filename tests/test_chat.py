@@ -17,7 +17,7 @@ from mim_jax.infer.generate import SamplingConfig
 from mim_jax.infer.mim_decode import TurnLimits
 from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderRenderer
-from mim_jax.models.diffusion.pipeline import StableDiffusion
+from mim_jax.infer.sd_pipeline import StableDiffusion
 
 
 @pytest.fixture(scope="module")

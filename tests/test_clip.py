@@ -11,6 +11,7 @@ from PIL import Image
 
 from clip_helpers import LEGACY_EOS, TINY_TEXT, TINY_VISION, randomize_, tiny_hf_clip
 from mim_jax.convert import clip as convert_clip
+from mim_jax.convert import json_files
 from mim_jax.convert.safetensors_io import CheckpointReader, write_safetensors
 from mim_jax.data.clip_images import preprocess_clip_image
 from mim_jax.models import clip
@@ -251,3 +252,14 @@ def test_preprocessing_matches_clip_image_processor(width, height, mode):
   ours = preprocess_clip_image(image)
   assert ours.shape == (224, 224, 3) and ours.dtype == np.float32
   np.testing.assert_allclose(ours, _hf_pixels(processor, image), atol=1e-6)
+
+
+def test_config_json_reads_are_bounded(tmp_path, monkeypatch):
+  monkeypatch.setattr(json_files, "MAX_JSON_BYTES", 2**20)
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip", "padding": "x" * 2**20}))
+  with pytest.raises(ValueError, match=r"config.json is over 1 MiB, too big for a checkpoint's JSON file; is it the "
+                                       r"right file\? \(point at a Hugging Face CLIPModel directory"):
+    convert_clip.load_hf_clip(tmp_path)
+  (tmp_path / "config.json").write_text('{"model_type": ')
+  with pytest.raises(ValueError, match="config.json is not valid JSON"):
+    convert_clip.load_hf_clip(tmp_path)

@@ -11,8 +11,8 @@ import torch
 
 from diffusion_helpers import unet, vae
 from mim_jax.convert.diffusers import load_unet, load_vae
+from mim_jax.convert.diffusers_config import unet_config_from_diffusers
 from mim_jax.models.diffusion.unet import UNet2DConditionModel
-from mim_jax.models.diffusion.unet_config import UNetConfig
 from mim_jax.models.diffusion.vae import AutoencoderKL
 
 SD_STYLE = dict(cross_attention_dim=24, attention_head_dim=(2, 4), layers_per_block=2)  # 2: skips bookkeeping
@@ -125,11 +125,11 @@ def test_config_and_weights_disagreeing_is_an_error(tmp_path):
 
 def test_unsupported_unet_options_are_named():
   with pytest.raises(ValueError, match="class_embed_type='timestep' is not supported"):
-    UNetConfig.from_diffusers({"class_embed_type": "timestep"})
+    unet_config_from_diffusers({"class_embed_type": "timestep"})
   with pytest.raises(ValueError, match="down_block_types \\['SimpleCrossAttnDownBlock2D'\\] are not supported"):
-    UNetConfig.from_diffusers({"down_block_types": ["SimpleCrossAttnDownBlock2D", "DownBlock2D"],
+    unet_config_from_diffusers({"down_block_types": ["SimpleCrossAttnDownBlock2D", "DownBlock2D"],
                                "up_block_types": ["UpBlock2D"] * 2, "block_out_channels": [32, 64]})
   with pytest.raises(ValueError, match="needs addition_time_embed_dim"):
-    UNetConfig.from_diffusers({"addition_embed_type": "text_time"})
+    unet_config_from_diffusers({"addition_embed_type": "text_time"})
   with pytest.raises(ValueError, match="unet.attention_impl is 'flash'; allowed values: xla, cudnn"):
-    UNetConfig.from_diffusers({}, attention_impl="flash")
+    unet_config_from_diffusers({}, attention_impl="flash")

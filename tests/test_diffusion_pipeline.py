@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import diffusion_helpers as helpers
-from mim_jax.models.diffusion.pipeline import StableDiffusion, data_mesh
+from mim_jax.infer.sd_pipeline import StableDiffusion
+from mim_jax.nn.sharding import data_mesh
 
 DESCRIPTIONS = ["a red fox in fresh snow", "a lighthouse at dusk"]
 LONG = "a very long description " * 20  # about 100 CLIP tokens

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from mim_jax.convert.diffusers_config import scheduler_config_from_diffusers
 from mim_jax.models.diffusion import schedulers
-from mim_jax.models.diffusion.schedulers import SchedulerConfig
 
 REFERENCE = {"euler": diffusers.EulerDiscreteScheduler, "ddim": diffusers.DDIMScheduler}
 SDXL = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
@@ -15,7 +15,7 @@ SDXL = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", s
 
 def pair(kind, **values):
   reference = REFERENCE[kind](**values)
-  ours = SchedulerConfig.from_diffusers({"_class_name": type(reference).__name__, **reference.config})
+  ours = scheduler_config_from_diffusers({"_class_name": type(reference).__name__, **reference.config})
   assert ours.kind == kind
   return reference, ours
 
@@ -86,11 +86,11 @@ def test_base_and_refiner_split_steps_as_diffusers():
 ])
 def test_unsupported_scheduler_configs_are_named(values, message):
   with pytest.raises(ValueError, match=message):
-    SchedulerConfig.from_diffusers(values)
+    scheduler_config_from_diffusers(values)
 
 
 def test_kind_override_and_step_count_checks():
-  config = SchedulerConfig.from_diffusers({"_class_name": "LMSDiscreteScheduler", **SDXL}, kind="ddim")
+  config = scheduler_config_from_diffusers({"_class_name": "LMSDiscreteScheduler", **SDXL}, kind="ddim")
   assert config.kind == "ddim" and config.clip_sample  # DDIM's own default when the config has none
   with pytest.raises(ValueError, match="steps must be in 1..1000"):
     config.timesteps(0)

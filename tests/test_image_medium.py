@@ -13,6 +13,7 @@ from helpers import bigram_mim_params, text_ids, tiny_mim_config, tiny_mim_token
 from mim_jax import chat as chat_cli
 from mim_jax.config import model_config
 from mim_jax.convert.mim import load_hf_mim, save_hf_mim, save_textbind
+from mim_jax.convert.sd_text_encoder import TextEncoder
 from mim_jax.data.conversation import Conversation, Turn
 from mim_jax.data.features import FeatureConfig, build_features
 from mim_jax.infer.generate import SamplingConfig
@@ -20,8 +21,8 @@ from mim_jax.infer.mim_decode import TurnLimits
 from mim_jax.infer.mim_generate import MIMGenerator
 from mim_jax.infer.renderers import PlaceholderEmbeddingRenderer
 from mim_jax.infer.sd_embedding_renderer import StableDiffusionEmbeddingRenderer
-from mim_jax.models.diffusion.pipeline import StableDiffusion
-from mim_jax.models.diffusion.text_conditioning import TextConditioner, TextEncoder
+from mim_jax.infer.sd_pipeline import StableDiffusion
+from mim_jax.infer.sd_text_conditioning import TextConditioner
 from mim_jax.models.image_medium import MediumConfig, medium_loss
 from mim_jax.models.mim import MIM, init_params
 from configs import common

@@ -21,9 +21,15 @@ import numpy as np
 from mim_jax.convert.safetensors_io import CheckpointReader
 from mim_jax.convert.table import (
   Entry,
+  conv_kernel,
   get_path,
+  head_bias,
+  heads_in,
+  heads_out,
   layered_tensors,
+  linear_entries,
   load_layered,
+  norm_entries,
   read_config_json,
   read_tensor,
   set_path,
@@ -34,19 +40,6 @@ from mim_jax.convert.table import (
 from mim_jax.models import eva_vit, qformer
 from mim_jax.models.eva_vit import VisionConfig
 from mim_jax.models.qformer import QFormerConfig
-
-
-def _split_heads(w, c):  # (n*h, in) → (in, n, h)
-  return w.T.reshape(w.shape[1], c.num_heads, c.head_dim)
-
-
-def _merge_heads(w, c):  # (in, n, h) → (n*h, in)
-  return w.reshape(w.shape[0], -1).T
-
-
-_heads_in = (_split_heads, _merge_heads)
-_heads_out = (lambda w, c: w.T.reshape(c.num_heads, c.head_dim, w.shape[0]), lambda w, c: w.reshape(-1, w.shape[-1]).T)
-_head_bias = (lambda w, c: w.reshape(c.num_heads, c.head_dim), lambda w, c: w.reshape(-1))
 
 
 def _qv_bias_to_ours(w, c):
@@ -60,50 +53,41 @@ def _qv_bias_to_hf(w, c):
   return np.concatenate([w[0], np.zeros_like(w[0]), w[1]]).reshape(-1)
 
 
-def _linear(hf: str, ours: tuple[str, ...]) -> tuple[Entry, Entry]:
-  return Entry(f"{hf}.weight", ours + ("kernel",), transpose, transpose), Entry(f"{hf}.bias", ours + ("bias",))
-
-
-def _norm(hf: str, ours: str) -> tuple[Entry, Entry]:
-  return Entry(f"{hf}.weight", (ours, "scale")), Entry(f"{hf}.bias", (ours, "bias"))
-
-
 VISION_TABLE: tuple[Entry, ...] = (
     Entry("embeddings.class_embedding", ("class_embedding",), lambda w, c: w.reshape(-1),
           lambda w, c: w.reshape(1, 1, -1)),
-    Entry("embeddings.patch_embedding.weight", ("patch_kernel",), lambda w, c: w.transpose(2, 3, 1, 0),
-          lambda w, c: w.transpose(3, 2, 0, 1)),
+    Entry("embeddings.patch_embedding.weight", ("patch_kernel",), *conv_kernel),
     Entry("embeddings.patch_embedding.bias", ("patch_bias",)),
     Entry("embeddings.position_embedding", ("position_embedding",), lambda w, c: w[0], lambda w, c: w[None]),
-    *_norm("post_layernorm", "post_norm"),
-    *_norm("encoder.layers.{i}.layer_norm1", "attn_norm"),
+    *norm_entries("post_layernorm", "post_norm"),
+    *norm_entries("encoder.layers.{i}.layer_norm1", "attn_norm"),
     Entry("encoder.layers.{i}.self_attn.qkv.weight", ("attn", "qkv_kernel"),
           lambda w, c: w.T.reshape(w.shape[1], 3, c.num_heads, c.head_dim), lambda w, c: w.reshape(w.shape[0], -1).T),
     Entry("encoder.layers.{i}.self_attn.qkv.bias", ("attn", "qv_bias"), _qv_bias_to_ours, _qv_bias_to_hf),
-    Entry("encoder.layers.{i}.self_attn.projection.weight", ("attn", "o_kernel"), *_heads_out),
+    Entry("encoder.layers.{i}.self_attn.projection.weight", ("attn", "o_kernel"), *heads_out),
     Entry("encoder.layers.{i}.self_attn.projection.bias", ("attn", "o_bias")),
-    *_norm("encoder.layers.{i}.layer_norm2", "mlp_norm"),
-    *_linear("encoder.layers.{i}.mlp.fc1", ("mlp", "fc1")),
-    *_linear("encoder.layers.{i}.mlp.fc2", ("mlp", "fc2")),
+    *norm_entries("encoder.layers.{i}.layer_norm2", "mlp_norm"),
+    *linear_entries("encoder.layers.{i}.mlp.fc1", ("mlp", "fc1")),
+    *linear_entries("encoder.layers.{i}.mlp.fc2", ("mlp", "fc2")),
 )
 
 
 def _attention(hf: str, ours: str) -> tuple[Entry, ...]:
   entries = []
   for hf_name, name in (("query", "q"), ("key", "k"), ("value", "v")):
-    entries.append(Entry(f"{hf}.attention.{hf_name}.weight", (ours, f"{name}_kernel"), *_heads_in))
-    entries.append(Entry(f"{hf}.attention.{hf_name}.bias", (ours, f"{name}_bias"), *_head_bias))
-  entries.append(Entry(f"{hf}.output.dense.weight", (ours, "o_kernel"), *_heads_out))
+    entries.append(Entry(f"{hf}.attention.{hf_name}.weight", (ours, f"{name}_kernel"), *heads_in))
+    entries.append(Entry(f"{hf}.attention.{hf_name}.bias", (ours, f"{name}_bias"), *head_bias))
+  entries.append(Entry(f"{hf}.output.dense.weight", (ours, "o_kernel"), *heads_out))
   entries.append(Entry(f"{hf}.output.dense.bias", (ours, "o_bias")))
-  return (*entries, *_norm(f"{hf}.output.LayerNorm", f"{ours}_norm"))
+  return (*entries, *norm_entries(f"{hf}.output.LayerNorm", f"{ours}_norm"))
 
 
-QFORMER_TABLE: tuple[Entry, ...] = (*_norm("layernorm", "embed_norm"),)
+QFORMER_TABLE: tuple[Entry, ...] = (*norm_entries("layernorm", "embed_norm"),)
 QFORMER_LAYER_TABLE: tuple[Entry, ...] = (
     *_attention("encoder.layer.{i}.attention", "self_attn"),
-    *_linear("encoder.layer.{i}.intermediate_query.dense", ("mlp", "fc1")),
-    *_linear("encoder.layer.{i}.output_query.dense", ("mlp", "fc2")),
-    *_norm("encoder.layer.{i}.output_query.LayerNorm", "mlp_norm"),
+    *linear_entries("encoder.layer.{i}.intermediate_query.dense", ("mlp", "fc1")),
+    *linear_entries("encoder.layer.{i}.output_query.dense", ("mlp", "fc2")),
+    *norm_entries("encoder.layer.{i}.output_query.LayerNorm", "mlp_norm"),
 )
 # Only in layers with cross-attention (QFormerConfig.has_cross_attention).
 QFORMER_CROSS_TABLE: tuple[Entry, ...] = _attention("encoder.layer.{i}.crossattention", "cross_attn")

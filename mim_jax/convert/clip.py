@@ -28,55 +28,52 @@ from typing import Any, Mapping
 
 
 from mim_jax.convert.safetensors_io import CheckpointReader
-from mim_jax.convert.table import Entry, load_layered, read_config_json, read_tensor, shapes_of, transpose
+from mim_jax.convert.table import (
+  Entry,
+  conv_kernel,
+  head_bias,
+  heads_in,
+  heads_out,
+  linear_entries,
+  load_layered,
+  norm_entries,
+  read_config_json,
+  read_tensor,
+  shapes_of,
+  transpose,
+)
 from mim_jax.models import clip
 from mim_jax.models.clip_config import ACTIVATIONS, ClipConfig, ClipTextConfig, ClipVisionConfig
-
-_heads_in = (lambda w, c: w.T.reshape(w.shape[1], c.num_heads, c.head_dim),
-             lambda w, c: w.reshape(w.shape[0], -1).T)
-_heads_out = (lambda w, c: w.T.reshape(c.num_heads, c.head_dim, w.shape[0]),
-              lambda w, c: w.reshape(-1, w.shape[-1]).T)
-_head_bias = (lambda w, c: w.reshape(c.num_heads, c.head_dim), lambda w, c: w.reshape(-1))
-
-
-def _norm(hf: str, ours: str) -> tuple[Entry, Entry]:
-  return Entry(f"{hf}.weight", (ours, "scale")), Entry(f"{hf}.bias", (ours, "bias"))
-
-
-def _linear(hf: str, ours: tuple[str, ...]) -> tuple[Entry, Entry]:
-  return Entry(f"{hf}.weight", ours + ("kernel",), transpose, transpose), Entry(f"{hf}.bias", ours + ("bias",))
-
 
 def _attention(hf: str) -> tuple[Entry, ...]:
   entries = []
   for name in ("q", "k", "v"):
-    entries.append(Entry(f"{hf}.{name}_proj.weight", ("attn", f"{name}_kernel"), *_heads_in))
-    entries.append(Entry(f"{hf}.{name}_proj.bias", ("attn", f"{name}_bias"), *_head_bias))
-  entries.append(Entry(f"{hf}.out_proj.weight", ("attn", "o_kernel"), *_heads_out))
+    entries.append(Entry(f"{hf}.{name}_proj.weight", ("attn", f"{name}_kernel"), *heads_in))
+    entries.append(Entry(f"{hf}.{name}_proj.bias", ("attn", f"{name}_bias"), *head_bias))
+  entries.append(Entry(f"{hf}.out_proj.weight", ("attn", "o_kernel"), *heads_out))
   entries.append(Entry(f"{hf}.out_proj.bias", ("attn", "o_bias")))
   return tuple(entries)
 
 
 LAYER_TABLE: tuple[Entry, ...] = (
-    *_norm("encoder.layers.{i}.layer_norm1", "attn_norm"),
+    *norm_entries("encoder.layers.{i}.layer_norm1", "attn_norm"),
     *_attention("encoder.layers.{i}.self_attn"),
-    *_norm("encoder.layers.{i}.layer_norm2", "mlp_norm"),
-    *_linear("encoder.layers.{i}.mlp.fc1", ("mlp", "fc1")),
-    *_linear("encoder.layers.{i}.mlp.fc2", ("mlp", "fc2")),
+    *norm_entries("encoder.layers.{i}.layer_norm2", "mlp_norm"),
+    *linear_entries("encoder.layers.{i}.mlp.fc1", ("mlp", "fc1")),
+    *linear_entries("encoder.layers.{i}.mlp.fc2", ("mlp", "fc2")),
 )
 VISION_TABLE: tuple[Entry, ...] = (
     Entry("embeddings.class_embedding", ("class_embedding",)),
-    Entry("embeddings.patch_embedding.weight", ("patch_kernel",), lambda w, c: w.transpose(2, 3, 1, 0),
-          lambda w, c: w.transpose(3, 2, 0, 1)),
+    Entry("embeddings.patch_embedding.weight", ("patch_kernel",), *conv_kernel),
     Entry("embeddings.position_embedding.weight", ("position_embedding",)),
-    *_norm("pre_layrnorm", "pre_norm"),
-    *_norm("post_layernorm", "post_norm"),
+    *norm_entries("pre_layrnorm", "pre_norm"),
+    *norm_entries("post_layernorm", "post_norm"),
     *LAYER_TABLE,
 )
 TEXT_TABLE: tuple[Entry, ...] = (
     Entry("embeddings.token_embedding.weight", ("token_embedding",)),
     Entry("embeddings.position_embedding.weight", ("position_embedding",)),
-    *_norm("final_layer_norm", "final_norm"),
+    *norm_entries("final_layer_norm", "final_norm"),
     *LAYER_TABLE,
 )
 VISION_PROJECTION = Entry("visual_projection.weight", ("projection",), transpose, transpose)

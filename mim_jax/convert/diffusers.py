@@ -9,11 +9,11 @@ the abstract parameter tree: `down_blocks_1/resnets_0/conv1/kernel` is
 `down_blocks.1.resnets.0.conv1.weight`; conv kernels go OIHW → HWIO, Linear
 weights (out, in) → (in, out), norm weights → `scale`. Every tensor is
 shape-checked, and tensors the model does not use are an error: both mean the
-config and the weights disagree.
+config and the weights disagree. The config files are translated by
+diffusers_config.py; a pipeline's text encoders load with sd_text_encoder.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -24,8 +24,14 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mim_jax.convert.diffusers_config import (
+  scheduler_config_from_diffusers,
+  unet_config_from_diffusers,
+  vae_config_from_diffusers,
+)
+from mim_jax.convert.json_files import read_json
 from mim_jax.convert.safetensors_io import CheckpointReader
-from mim_jax.convert.table import Entry, get_path, read_tensor, same, set_path, shapes_of, transpose
+from mim_jax.convert.table import Entry, conv_kernel, get_path, read_tensor, same, set_path, shapes_of, transpose
 from mim_jax.models.config_checks import DTYPES
 from mim_jax.models.diffusion.schedulers import SchedulerConfig
 from mim_jax.models.diffusion.unet import UNet2DConditionModel
@@ -37,8 +43,6 @@ _INDEXED = re.compile(r"^(down_blocks|up_blocks|resnets|attentions|transformer_b
                       r"|net)_(\d+)$")
 # Checkpoints saved before diffusers 0.14 name the VAE attention's projections differently.
 _LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-_conv_to_ours = lambda w, c: w.transpose(2, 3, 1, 0)  # OIHW → HWIO
-_conv_to_hf = lambda w, c: w.transpose(3, 2, 0, 1)
 
 
 class _WeightDtype:
@@ -46,15 +50,6 @@ class _WeightDtype:
 
   def __init__(self, dtype: str):
     self.weight_dtype = DTYPES[dtype]
-
-
-def read_json(path: Path, what: str) -> dict:
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {what}")
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def read_model_index(directory: str | os.PathLike) -> dict:
@@ -84,7 +79,7 @@ def table_from_shapes(shapes: Mapping) -> list[Entry]:
     *modules, leaf = path
     prefix = ".".join(f"{m[1]}.{m[2]}" if (m := _INDEXED.match(name)) else name for name in modules)
     if leaf == "kernel" and len(shape) == 4:
-      entries.append(Entry(f"{prefix}.weight", path, _conv_to_ours, _conv_to_hf))
+      entries.append(Entry(f"{prefix}.weight", path, *conv_kernel))
     elif leaf == "kernel":
       entries.append(Entry(f"{prefix}.weight", path, transpose, transpose))
     elif leaf == "scale":
@@ -131,7 +126,7 @@ def load_unet(directory: str | os.PathLike, dtype: str = "float32", weight_dtype
   """(config, params) of a diffusers `unet/` folder; computes in `dtype`, stores weights in
   `weight_dtype` (default: `dtype`)."""
   directory = Path(directory)
-  config = UNetConfig.from_diffusers(read_json(directory / "config.json", "point at a diffusers unet/ folder"),
+  config = unet_config_from_diffusers(read_json(directory / "config.json", "point at a diffusers unet/ folder"),
                                      str(directory / "config.json"), dtype=dtype, attention_impl=attention_impl)
   return config, load_params(directory, UNet2DConditionModel(config), unet_example_args(config), weight_dtype or dtype)
 
@@ -151,8 +146,8 @@ def load_vae(directory: str | os.PathLike, dtype: str = "float32") -> tuple[VAEC
   """(config, params) of a diffusers `vae/` folder; a `force_upcast` VAE stays float32."""
   directory = Path(directory)
   raw = read_json(directory / "config.json", "point at a diffusers vae/ folder")
-  config = VAEConfig.from_diffusers(raw, str(directory / "config.json"))
-  config = VAEConfig.from_diffusers(raw, str(directory / "config.json"), dtype=config.compute_dtype(dtype))
+  config = vae_config_from_diffusers(raw, str(directory / "config.json"))
+  config = vae_config_from_diffusers(raw, str(directory / "config.json"), dtype=config.compute_dtype(dtype))
   size = 2 ** (len(config.block_out_channels) - 1)
   example = (jnp.zeros((1, size, size, config.in_channels)),)
   return config, load_params(directory, AutoencoderKL(config), example, config.dtype)
@@ -160,4 +155,4 @@ def load_vae(directory: str | os.PathLike, dtype: str = "float32") -> tuple[VAEC
 
 def load_scheduler(directory: str | os.PathLike, kind: str | None = None) -> SchedulerConfig:
   path = Path(directory) / "scheduler_config.json"
-  return SchedulerConfig.from_diffusers(read_json(path, "point at a diffusers scheduler/ folder"), str(path), kind)
+  return scheduler_config_from_diffusers(read_json(path, "point at a diffusers scheduler/ folder"), str(path), kind)

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import ml_dtypes
 import numpy as np
 
 from mim_jax.convert.safetensors_io import CheckpointReader, write_sharded
@@ -25,6 +24,7 @@ from mim_jax.convert.table import (
   shapes_of,
   transpose,
 )
+from mim_jax.models.config_checks import DTYPES
 from mim_jax.models.llama import abstract_params
 from mim_jax.models.llama_config import LlamaConfig
 
@@ -182,8 +182,8 @@ def hf_tensors(cfg: LlamaConfig, params: Mapping, dtype: np.dtype, prefix: str =
                          scan_layers=cfg.scan_layers)
 
 
-EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-                 "float16": np.dtype(np.float16)}
+# config_checks.DTYPES as numpy dtypes (bfloat16 is ml_dtypes'), what exported arrays are cast to.
+EXPORT_DTYPES = {name: np.dtype(dtype) for name, dtype in DTYPES.items()}
 
 
 def save_hf_llama(directory: str | os.PathLike, cfg: LlamaConfig, params: Mapping, *, tokenizer=None,

@@ -17,6 +17,8 @@ from typing import Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from mim_jax.convert.json_files import read_json
+
 DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -72,7 +74,7 @@ class CheckpointReader:
     self.directory = directory
     index_path = directory / index_name
     if index_path.exists():
-      weight_map = json.loads(index_path.read_text())["weight_map"]
+      weight_map = read_json(index_path, "a sharded checkpoint's index")["weight_map"]
       files = sorted(set(weight_map.values()))
     elif (directory / single_name).exists():
       files = [single_name]

@@ -1,9 +1,9 @@
-"""The machinery every mapping table shares: entries with transform hooks,
-reading tensors with shape checks, and stacked (scan) vs unrolled layer layouts."""
+"""The machinery every mapping table shares: entries with transform hooks, the
+transforms more than one family uses, reading tensors with shape checks, and
+stacked (scan) vs unrolled layer layouts."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -11,11 +11,21 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import jax
 import numpy as np
 
+from mim_jax.convert.json_files import read_json
 from mim_jax.convert.safetensors_io import CheckpointReader
 
 Transform = Callable[[np.ndarray, Any], np.ndarray]
 same: Transform = lambda w, c: w
 transpose: Transform = lambda w, c: w.T
+# (to_ours, to_hf) pairs. HF Linear weights are (out, in); our attention splits heads out of them:
+# q/k/v kernels (in, heads, head_dim), o kernels (heads, head_dim, out), biases (heads, head_dim).
+heads_in: tuple[Transform, Transform] = (lambda w, c: w.T.reshape(w.shape[1], c.num_heads, c.head_dim),
+                                         lambda w, c: w.reshape(w.shape[0], -1).T)
+heads_out: tuple[Transform, Transform] = (lambda w, c: w.T.reshape(c.num_heads, c.head_dim, w.shape[0]),
+                                          lambda w, c: w.reshape(-1, w.shape[-1]).T)
+head_bias: tuple[Transform, Transform] = (lambda w, c: w.reshape(c.num_heads, c.head_dim), lambda w, c: w.reshape(-1))
+conv_kernel: tuple[Transform, Transform] = (lambda w, c: w.transpose(2, 3, 1, 0),  # torch OIHW → flax HWIO
+                                            lambda w, c: w.transpose(3, 2, 0, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,15 +40,20 @@ class Entry:
     return "{i}" in self.hf
 
 
+def norm_entries(hf: str, ours: str) -> tuple[Entry, Entry]:
+  """A LayerNorm: `{hf}.weight` / `.bias` ⇄ `ours/scale` / `ours/bias`."""
+  return Entry(f"{hf}.weight", (ours, "scale")), Entry(f"{hf}.bias", (ours, "bias"))
+
+
+def linear_entries(hf: str, ours: tuple[str, ...]) -> tuple[Entry, Entry]:
+  """A Linear with bias: (out, in) `{hf}.weight` ⇄ (in, out) `ours/kernel`."""
+  return Entry(f"{hf}.weight", ours + ("kernel",), transpose, transpose), Entry(f"{hf}.bias", ours + ("bias",))
+
+
 def read_config_json(directory: str | os.PathLike, kind: str) -> tuple[dict, Path]:
   """(config.json contents, its path); `kind` names the expected checkpoint in errors."""
   path = Path(directory) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: point at a Hugging Face {kind} directory (config.json + safetensors)")
-  try:
-    return json.loads(path.read_text()), path
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  return read_json(path, f"point at a Hugging Face {kind} directory (config.json + safetensors)"), path
 
 
 def get_path(tree: Mapping, path: tuple[str, ...]):

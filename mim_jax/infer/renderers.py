@@ -58,6 +58,11 @@ class PlaceholderEmbeddingRenderer:
     return [_pattern(hashlib.sha256(row.tobytes()).digest(), self.size) for row in rounded]
 
 
+def to_images(pixels_bhwc: np.ndarray) -> list[Image.Image]:
+  """Float RGB in [0, 1] (b, h, w, 3), as the SD pipeline decodes it, → one 8-bit PIL image per row."""
+  return [Image.fromarray(np.round(p * 255).astype(np.uint8)) for p in pixels_bhwc]
+
+
 def check_rendered(images: Sequence, expected: int, what: str) -> list[Image.Image]:
   """The renderer's output, checked: a list of `expected` PIL images."""
   images = list(images)

@@ -15,9 +15,10 @@ import jax
 import numpy as np
 from PIL import Image
 
+from mim_jax.infer.renderers import to_images
+from mim_jax.infer.sd_pipeline import StableDiffusion
 from mim_jax.models.diffusion import schedulers
 from mim_jax.models.diffusion.denoise import Conditioning
-from mim_jax.models.diffusion.pipeline import StableDiffusion
 from mim_jax.models.diffusion.vae import AutoencoderKL
 
 
@@ -49,4 +50,4 @@ class StableDiffusionEmbeddingRenderer:
     schedule = schedulers.make_schedule(pipe.base.scheduler, self.steps)
     z = pipe.base.denoise(noise * schedule.init_noise_sigma, cond, schedule, 0, self.steps, self.guidance)
     pixels = np.asarray(self._decode(pipe.vae_params, z))[:n]
-    return [Image.fromarray(np.round(p * 255).astype(np.uint8)) for p in pixels]
+    return to_images(pixels)

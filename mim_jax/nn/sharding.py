@@ -87,6 +87,12 @@ def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mes
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A one-axis mesh, every given device (default: all of them) on `data`: for jobs that only split a batch."""
+  devices = list(devices or jax.devices())
+  return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
+
+
 def create_mesh_devices(mesh_config, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
   """The device grid of `create_mesh`, shape (data, fsdp, tensor)."""
   devices = list(jax.devices() if devices is None else devices)

@@ -6,7 +6,7 @@ pipeline ships (b, K, 77 int32 instead of b, K, 77, 1024 floats).
 The encoder is frozen and read from the SD pipeline directory the medium will
 render with (`medium_targets`: its `tokenizer/` and `text_encoder/`), so the
 targets are exactly the context that pipeline's UNet reads (SD 1.x/2.x: the
-encoder's final hidden states, models/diffusion/text_conditioning.py). Its
+encoder's final hidden states, infer/sd_text_conditioning.py). Its
 weights are not part of the train state: they never change, and a resume
 reads them again from the same directory.
 """
@@ -18,9 +18,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mim_jax.convert.diffusers import component_dir, read_model_index
+from mim_jax.convert.sd_text_encoder import TextEncoder
 from mim_jax.data.pipeline import CaptionTokenizer
 from mim_jax.models.clip import ClipTextTower
-from mim_jax.models.diffusion.text_conditioning import TextEncoder
 from mim_jax.models.image_medium import MediumConfig
 
 

@@ -1,5 +1,6 @@
-"""Euler (SDXL's default) and DDIM, as diffusers computes them, built from a
-`scheduler/scheduler_config.json`.
+"""Euler (SDXL's default) and DDIM, as diffusers computes them, from a
+`SchedulerConfig` (convert/diffusers_config.py reads one from a
+`scheduler/scheduler_config.json`).
 
 The timestep table and every per-step coefficient are computed once on the
 host (numpy, float32 as diffusers does) into a `Schedule`, a pytree of arrays
@@ -9,14 +10,12 @@ the jitted denoising loop indexes with its step counter; `scale_input` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim"}
 SPACINGS = ("leading", "trailing", "linspace")
 BETA_SCHEDULES = ("scaled_linear", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -35,31 +34,6 @@ class SchedulerConfig:
   clip_sample: bool = False  # DDIM only
   clip_sample_range: float = 1.0
   set_alpha_to_one: bool = True  # DDIM only
-
-  @classmethod
-  def from_diffusers(cls, values: Mapping[str, Any], source: str = "scheduler_config.json",
-                     kind: str | None = None) -> "SchedulerConfig":
-    """From a diffusers scheduler config; `kind` ("euler"/"ddim") overrides its `_class_name`,
-    as swapping a pipeline's scheduler in diffusers does."""
-    if kind is None:
-      name = values.get("_class_name")
-      if name not in KINDS:
-        raise ValueError(f"{source}: scheduler {name!r} is not supported; supported: {', '.join(KINDS)} "
-                         "(pass kind='euler' or kind='ddim' to use one of them with this config)")
-      kind = KINDS[name]
-    if kind not in KINDS.values():
-      raise ValueError(f"scheduler kind {kind!r} is not one of {sorted(KINDS.values())}")
-    _reject(values, source, trained_betas=None, thresholding=False, rescale_betas_zero_snr=False,
-            use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False,
-            interpolation_type="linear", timestep_type="discrete", final_sigmas_type="zero")
-    defaults = {"ddim": dict(clip_sample=True, timestep_spacing="leading"), "euler": {}}[kind]
-    known = {f.name for f in dataclasses.fields(cls)} - {"kind"}
-    config = cls(kind=kind, **{**defaults, **{k: v for k, v in values.items() if k in known}})
-    for field, allowed in (("timestep_spacing", SPACINGS), ("beta_schedule", BETA_SCHEDULES),
-                           ("prediction_type", PREDICTION_TYPES)):
-      if getattr(config, field) not in allowed:
-        raise ValueError(f"{source}: {field} {getattr(config, field)!r} is not supported; use one of {allowed}")
-    return config
 
   def alphas_cumprod(self) -> np.ndarray:
     n = self.num_train_timesteps
@@ -167,9 +141,3 @@ def _cutoff(config: SchedulerConfig, fraction: float, name: str) -> int:
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"{name} must be a fraction in (0, 1), got {fraction!r}")
   return int(round(config.num_train_timesteps - fraction * config.num_train_timesteps))
-
-
-def _reject(values: Mapping[str, Any], source: str, **supported) -> None:
-  for field, value in supported.items():
-    if values.get(field) is not None and values[field] != value:  # None (JSON null) means the default
-      raise ValueError(f"{source}: {field}={values[field]!r} is not supported (only {value!r})")

@@ -9,7 +9,7 @@ keeps such a VAE in float32 whatever dtype the pipeline asks for.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,24 +38,6 @@ class VAEConfig:
   use_post_quant_conv: bool = True
   mid_block_add_attention: bool = True
   dtype: str = "float32"
-
-  @classmethod
-  def from_diffusers(cls, values: Mapping[str, Any], source: str = "vae/config.json", **overrides) -> "VAEConfig":
-    if values.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-      raise ValueError(f"{source}: _class_name is {values['_class_name']!r}; expected 'AutoencoderKL'")
-    for field, allowed in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-      bad = [t for t in values.get(field, ()) if t != allowed]
-      if bad:
-        raise ValueError(f"{source}: {field} {bad} are not supported; only {allowed!r}")
-    if values.get("act_fn", "silu") != "silu":
-      raise ValueError(f"{source}: act_fn {values['act_fn']!r} is not supported; the SD VAE uses 'silu'")
-    if values.get("latents_mean") is not None or values.get("latents_std") is not None:
-      raise ValueError(f"{source}: latents_mean/latents_std normalisation is not supported")
-    known = {f.name for f in dataclasses.fields(cls)}
-    picked = {k: v for k, v in values.items() if k in known}
-    picked["block_out_channels"] = tuple(picked.get("block_out_channels", cls.block_out_channels))
-    picked = {k: v for k, v in picked.items() if v is not None or k == "shift_factor"}
-    return cls(**{**picked, **overrides})
 
   def compute_dtype(self, requested: str) -> str:
     return "float32" if self.force_upcast else requested

@@ -1,7 +1,26 @@
-"""Loading a diffusers Stable Diffusion directory (optionally with an SDXL
-refiner) and rendering descriptions to images; see the package docstring for
-the API. The base runs the first `denoising_end` of the schedule, the refiner
-the rest (diffusers' "ensemble of expert denoisers"), then the VAE decodes.
+"""Stable Diffusion (SD 1.x/2.x, SDXL base + refiner) in JAX: the image decoder
+MIM hands its `<start> description <end>` text to (spec §2). Loads a diffusers
+directory (optionally with an SDXL refiner) and renders descriptions to images:
+
+  from mim_jax.infer.sd_pipeline import StableDiffusion
+
+  pipe = StableDiffusion.load("/ckpt/stable-diffusion-xl-base-1.0",
+                              refiner_dir="/ckpt/stable-diffusion-xl-refiner-1.0",  # optional
+                              dtype="bfloat16")                                    # or "float32"
+  images = pipe.render(["a red fox in fresh snow", "a lighthouse at dusk"],
+                       seed=42, steps=40)            # list[PIL.Image], one per description
+
+`render` defaults follow the spec (40 steps, seed 42, base → refiner switch at
+0.8 when a refiner is loaded) and diffusers' pipeline defaults for the rest
+(guidance 5.0 for SDXL, 7.5 for SD 1.x/2.x; the UNet's native size). A
+description longer than CLIP's 77 tokens is truncated with a warning. The same
+seed and description always give the same image, whatever else is in the batch.
+The batch is split over all local devices (or a given mesh's `data` axis).
+
+The base runs the first `denoising_end` of the schedule, the refiner the rest
+(diffusers' "ensemble of expert denoisers"), then the VAE decodes. The maths is
+models/diffusion/'s; weights and configs come from convert/diffusers.py, the
+text encoders from convert/sd_text_encoder.py.
 """
 from __future__ import annotations
 
@@ -13,25 +32,23 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from mim_jax.convert.diffusers import component_dir, load_scheduler, load_unet, load_vae, read_model_index
+from mim_jax.convert.sd_text_encoder import TextEncoder
+from mim_jax.infer.renderers import to_images
+from mim_jax.infer.sd_text_conditioning import TextConditioner
 from mim_jax.models.diffusion import schedulers
 from mim_jax.models.diffusion.denoise import Conditioning, Denoiser
-from mim_jax.models.diffusion.text_conditioning import TextConditioner, TextEncoder
 from mim_jax.models.diffusion.unet import UNet2DConditionModel
 from mim_jax.models.diffusion.unet_config import UNetConfig
 from mim_jax.models.diffusion.vae import AutoencoderKL, VAEConfig
+from mim_jax.nn.sharding import data_mesh
 
 # diffusers' SDXL img2img micro-conditioning: the aesthetic score of the wanted and the unwanted image.
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 _TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  devices = list(devices or jax.devices())
-  return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
 
 
 @dataclasses.dataclass
@@ -152,7 +169,7 @@ class StableDiffusion:
   def render(self, descriptions: Sequence[str], seed: int = 42, steps: int = 40, **options) -> list[Image.Image]:
     """One PIL image per description; options as `render_arrays`."""
     pixels = self.render_arrays(descriptions, seed=seed, steps=steps, **options)
-    return [Image.fromarray(np.round(p * 255).astype(np.uint8)) for p in pixels]
+    return to_images(pixels)
 
   def render_arrays(self, descriptions: Sequence[str], seed: int = 42, steps: int = 40, guidance: float | None = None,
                     height: int | None = None, width: int | None = None, denoising_end: float = 0.8,
