@@ -312,7 +312,7 @@ def torch_parts(model, batch, repeats: int) -> dict[str, float]:
 
   def vit():
     with torch.no_grad():
-      model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+      _ = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
 
   def qformer():
     out = model.qformer(query_embeds=model.query_tokens.expand(n, -1, -1), encoder_hidden_states=features,

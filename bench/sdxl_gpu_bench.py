@@ -105,7 +105,7 @@ def main() -> None:
   for impl, config in configs.items():
     call = jax.jit(lambda p, *a, c=config: UNet2DConditionModel(c).apply({"params": p}, *a))
     try:
-      first, unet_times[impl] = timed(lambda: jax.block_until_ready(call(params, *ours_args)), args.repeats)
+      first, unet_times[impl] = timed(lambda call=call: jax.block_until_ready(call(params, *ours_args)), args.repeats)
     except Exception as e:  # cuDNN's fused attention depends on the GPU, driver and cuDNN version
       log(f"ours ({impl}) failed: {type(e).__name__}: {str(e)[:300]}")
       continue

@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mim_jax.models.config_checks import DTYPES
 from mim_jax.models.llama_config import LlamaConfig
 from mim_jax.models.mim import MIMConfig
 from mim_jax.nn.sharding import MESH_AXES
 
 REQUIRED_LOGICAL_AXES = ("batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
                          "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers", "norm")
-EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 SECTIONS = ("model", "tokenizer", "init", "trainable", "medium_targets", "mesh", "sharding_rules", "optimizer", "train",
             "checkpoint", "data", "export", "sample")
 
@@ -70,8 +70,8 @@ def validate(config) -> None:
     if len(rule) != 2:
       raise ValueError(f"optimizer.lr_multipliers entry {rule!r} must be (param-path regex, factor)")
     _regex("optimizer.lr_multipliers", rule[0])
-  if config.export.dtype not in EXPORT_DTYPES:
-    raise ValueError(f"export.dtype is {config.export.dtype!r}; allowed values: {', '.join(EXPORT_DTYPES)}")
+  if config.export.dtype not in DTYPES:
+    raise ValueError(f"export.dtype is {config.export.dtype!r}; allowed values: {', '.join(DTYPES)}")
 
 
 def _validate_data(data) -> None:

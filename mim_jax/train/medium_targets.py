@@ -49,9 +49,9 @@ class MediumTargets:
     tower = ClipTextTower(config)
 
     def encode(params, ids_bkl):
-      b, k, l = ids_bkl.shape
-      out = tower.apply({"params": params}, ids_bkl.reshape(b * k, l))
-      return out.last_hidden_state.astype(jnp.float32).reshape(b, k, l, -1)
+      b, k, length = ids_bkl.shape
+      out = tower.apply({"params": params}, ids_bkl.reshape(b * k, length))
+      return out.last_hidden_state.astype(jnp.float32).reshape(b, k, length, -1)
 
     self._encode = jax.jit(encode, in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
 
