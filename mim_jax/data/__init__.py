@@ -1,1 +1,2 @@
-"""Tokenizer, chat template, features and the input pipeline."""
+"""Tokenizer, chat template, features, the batch spec and the input pipelines
+(conversations and captions from TFDS; text windows for a Llama)."""
