@@ -17,7 +17,7 @@ written as the same shards a local run writes.
 from __future__ import annotations
 
 from data_gen.clean import RULES, clean_generation, response_fingerprint
-from data_gen.generate_step import outcome_record
+from data_gen.generated import outcome_record
 from data_gen.outcome import GenerationOutcome, Rejection
 from mim_jax.data.conversation import Conversation
 

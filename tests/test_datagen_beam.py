@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 
 from data_gen.clean import Cleaner
-from data_gen.cluster_step import cluster_step
-from data_gen.embed_step import embed_step
 from data_gen.fewshot import load_pool
-from data_gen.generate_step import generate_step, outcome_record
-from data_gen.llm import make_client
+from data_gen.generated import outcome_record
+from data_gen.llm.backends import make_client
+from data_gen.llm.template import compose_dialogue
 from data_gen.outcome import GenerationOutcome
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
-from data_gen.sample import sample_step
-from data_gen.template_backend import compose_dialogue
+from data_gen.steps.cluster import cluster_step
+from data_gen.steps.embed import embed_step
+from data_gen.steps.generate import generate_step
+from data_gen.steps.sample import sample_step
 from data_gen.tiny_clip import save_tiny_clip
 from data_gen.workdir import WorkDir
 from datagen_fixtures import ingested_work
@@ -66,7 +67,7 @@ def test_parallel_cleaning_equals_a_sequential_cleaner():
 BEAM_SITE = Path(__file__).parents[1] / ".beam_site"  # where .ci/run installs requirements-beam.txt
 BEAM_RUN = """
 import math, sys
-from data_gen import beam_pipeline
+from data_gen.steps import beam as beam_pipeline
 from data_gen.fewshot import SEED_POOL
 from data_gen.workdir import WorkDir
 beam_pipeline.run(WorkDir(sys.argv[1]), ["--runner=DirectRunner"], clip_dir=sys.argv[2], min_score=-math.inf,
@@ -88,7 +89,7 @@ def test_beam_direct_runner_equals_the_local_steps(tmp_path):
   for name in ("pairs", "images", "tiny_clip"):
     shutil.copytree(local.root / name, beam_work.root / name)
 
-  from data_gen.embed import ClipScorer
+  from mim_jax.infer.clip_scores import ClipScorer
   clip = str(local.root / "tiny_clip")
   embed_step(local, lambda: ClipScorer.from_pretrained(clip, batch_size=16, min_score=-math.inf),
              min_score=-math.inf)
@@ -114,4 +115,4 @@ def test_beam_direct_runner_equals_the_local_steps(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("apache_beam") is not None, reason="apache-beam is on the path here")
 def test_without_apache_beam_the_import_says_how_to_install_it():
   with pytest.raises(ImportError, match=r"pillow<13.*requirements-beam.txt"):
-    importlib.import_module("data_gen.beam_pipeline")
+    importlib.import_module("data_gen.steps.beam")

@@ -17,7 +17,7 @@ reshuffled batches of tuples; cleaning is per reply plus a group-by on the
 rule-4 fingerprint (parallel_clean.py); shards are written by key.
 
 Rate limit: every generate worker gets `LLMConfig.split_across(llm_workers)`
-(see rate_limit.py): set --llm-workers to the runner's maximum worker count
+(see mim_jax/llm/rate_limit.py): set --llm-workers to the runner's maximum worker count
 (Dataflow: max_num_workers × threads per worker) so all of them together stay
 under the quota. On one machine, `--llm rate_state_file=PATH` shares one
 bucket among processes exactly.
@@ -42,20 +42,22 @@ try:
   from apache_beam.options.pipeline_options import PipelineOptions
 except ImportError as error:
   raise ImportError(
-      "data_gen.beam_pipeline needs apache-beam, which is not installed: its releases pin pillow<13 and "
+      "data_gen.steps.beam needs apache-beam, which is not installed: its releases pin pillow<13 and "
       "protobuf<7, older than this project's pins, so it goes beside the venv: `.venv/bin/pip install --no-deps "
       "--target .beam_site -r requirements-beam.txt`, then run with PYTHONPATH=.beam_site. The local steps "
       "(`python -m data_gen run`) need none of it.") from error
 
-from data_gen.cluster_step import cluster_embeddings, write_clusters
 from data_gen.fewshot import load_pool
-from data_gen.generate import generate_conversations_async
-from data_gen.generate_step import check_settings, outcome_record, tally_records, tuple_images
-from data_gen.llm import LLMConfig, make_client
+from data_gen.generated import outcome_record, tally_records
+from data_gen.generation import generate_conversations_async
+from data_gen.llm.backends import make_client
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
-from data_gen.sample import ImageTuple, round_path, sample_tuples, tuple_position
 from data_gen.shards import atomic_write_text, jsonl_text, read_jsonl, shard_name, write_shard
+from data_gen.steps.cluster import cluster_embeddings, write_clusters
+from data_gen.steps.generate import check_settings, tuple_images
+from data_gen.steps.sample import ImageTuple, round_path, sample_tuples, tuple_position
 from data_gen.workdir import WorkDir
+from mim_jax.llm.client import LLMConfig
 
 ROUND = 0
 
@@ -68,7 +70,7 @@ class EmbedShard(beam.DoFn):
 
   def setup(self):
     # Imported on the worker: JAX starts and the model loads there, not where the pipeline is built.
-    from data_gen.embed import ClipScorer
+    from mim_jax.infer.clip_scores import ClipScorer
     self.scorer = ClipScorer.from_pretrained(self.clip_dir, batch_size=self.batch_size, min_score=self.min_score)
 
   def process(self, shard: str):
