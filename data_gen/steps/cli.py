@@ -130,17 +130,19 @@ def released_tfds(args) -> tuple[ProblemCounts, dict]:
 
 
 def beam(args) -> tuple[ProblemCounts, dict]:
-  from data_gen.generated import conversation_shards, read_generated, tally_records
+  from data_gen.generated import conversation_shards, tally_records
+  from data_gen.shards import read_jsonl
   from data_gen.steps import beam as beam_pipeline
   work = WorkDir(args.work)
   clip_dir, min_score = _clip(args, work)
-  beam_pipeline.run(
-      work, args.beam_arg, clip_dir=str(clip_dir), min_score=min_score, clip_batch_size=args.clip_batch_size,
-      num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
+  notes = beam_pipeline.run(
+      work, args.beam_arg, round_index=args.round, clip_dir=str(clip_dir), min_score=min_score,
+      clip_batch_size=args.clip_batch_size, num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
       num_conversations=args.num_conversations, seed=args.seed,
       llm_config=dataclasses.asdict(llm_config(args)), llm_workers=args.llm_workers,
       pool_path=str(args.fewshot_pool or _seed_pool()), tuples_per_shard=args.tuples_per_shard)
-  return tally_records(read_generated(work)), {"shards written": len(conversation_shards(work))}
+  shards = conversation_shards(work, args.round)
+  return tally_records(r for shard in shards for r in read_jsonl(shard)), {**notes, "shards written": len(shards)}
 
 
 def make_tiny_clip(args) -> tuple[ProblemCounts, dict]:
@@ -246,10 +248,11 @@ STEPS = (
 TOOLS = (
     Step("tfds", "a released-format JSON + image folder (e.g. TextBind's own data) → TFDS in WORK/tfds",
          ("--work", "--json", "--images"), released_tfds),
-    Step("beam", "embed → cluster/sample → generate → clean → write as an Apache Beam pipeline (round 0)",
-         ("--work", "--seed", "--clip", "--min-score", "--clip-batch-size", "--num-clusters", "--min-cluster-size",
-          "--num-conversations", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard", "--beam-arg",
-          "--llm-workers"), beam),
+    Step("beam", "embed → cluster/sample → generate → clean → write as an Apache Beam pipeline (one --round; "
+                 "reruns skip finished shards)",
+         ("--work", "--seed", "--round", "--clip", "--min-score", "--clip-batch-size", "--num-clusters",
+          "--min-cluster-size", "--num-conversations", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard",
+          "--beam-arg", "--llm-workers"), beam),
     Step("make-tiny-clip", "save a random tiny CLIP to WORK/tiny_clip (what embed --clip tiny uses)", ("--work",),
          make_tiny_clip),
     Step("annotate-export", "a round's kept conversations → rating CSV", ("--work", "--round", "--csv"),

@@ -54,7 +54,7 @@ def write_clusters(work: WorkDir, ids: list[str], record: dict, result: KMeansRe
   if len(ids) > tally.kept:
     tally.skipped["cluster_too_small"] = len(ids) - tally.kept
     tally.first_message["cluster_too_small"] = (f"{len(ids) - tally.kept} images sit in clusters under "
-                                          f"{record['min_cluster_size']}")
+                                                f"{record['min_cluster_size']}")
   save_clusters(work.kmeans, result, keys=ids)
   write_shard(work.clusters, json.dumps(record, ensure_ascii=False, indent=1), tally)
   return tally
