@@ -1,4 +1,4 @@
-"""Our JAX k-means (data_gen.cluster) vs faiss-cpu's k-means, same data, same iterations, same run.
+"""Our JAX k-means (data_gen.kmeans) vs faiss-cpu's k-means, same data, same iterations, same run.
 
   python bench/kmeans_bench.py             # 200k x 768 into 1024 clusters, 10 iterations (a few minutes)
   python bench/kmeans_bench.py --quick     # 20k x 128 into 64 clusters (smoke run)
@@ -33,7 +33,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import cpu_seconds, machine, ms, progress, row  # noqa: E402
-from data_gen.cluster import KMeansConfig, kmeans  # noqa: E402
+from data_gen.kmeans import KMeansConfig, kmeans  # noqa: E402
 
 
 def clustered_embeddings(n: int, d: int, centres: int, seed: int = 0) -> np.ndarray:

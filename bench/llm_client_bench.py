@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_gen.dialogue import PAIRED_TAG  # noqa: E402
+from data_gen.llm.template import compose_dialogue  # noqa: E402
 from data_gen.prompt import IMAGES_HEADER  # noqa: E402
-from data_gen.template_backend import compose_dialogue  # noqa: E402
 
 
 def serve(latency_s: float) -> None:
@@ -69,8 +69,9 @@ def serve(latency_s: float) -> None:
 def bench(port: int, concurrency: int, rounds: int, latency_s: float) -> dict:
   from bench.common import cpu_seconds
   from data_gen.fewshot import load_pool
-  from data_gen.generate import generate_conversations
-  from data_gen.llm import LLMConfig, make_client
+  from data_gen.generation import generate_conversations
+  from data_gen.llm.backends import make_client
+  from mim_jax.llm.client import LLMConfig
 
   count = concurrency * rounds
   tuples = [(f"c{concurrency}-{i}", [(f"{i}-{j}.png", f"photo {j} of tuple {i}: a street market in the rain "

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from data_gen.report import summary_table
-from data_gen.steps import TOOLS, OPTIONS, STEPS
+from data_gen.steps.cli import OPTIONS, STEPS, TOOLS
 
 
 def build_parser() -> argparse.ArgumentParser:

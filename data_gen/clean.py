@@ -27,8 +27,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-from data_gen.dialogue import ANY_TAG, CLOSING_TAG, HUMAN, MARKERS, OPENING_TAG, PAIRED_TAG, ROLE_OF_MARKER, \
-  split_turns
+from data_gen.dialogue import ANY_TAG, CLOSING_TAG, HUMAN, MARKERS, OPENING_TAG, PAIRED_TAG, ROLE_OF_MARKER, split_turns
 from data_gen.outcome import ImageRef, Rejection
 from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, Turn
 

@@ -12,7 +12,7 @@ record, never used). Each generation call takes two rated-2 examples and one
 rated-1 example whose categories can be told apart: one category per example,
 three different categories. The three come in a random order, so the rated-1
 example is not always last. A pool that can never satisfy this is rejected
-when loaded, not at the first request. annotate.py adds rated examples and
+when loaded, not at the first request. steps/annotate.py adds rated examples and
 writes the next version.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `Rejection` that says why (an LLM failure or the cleaning rule it broke).
 
 Reasons are short keys that batch reports count: LLM failures start with
-`llm_` (see llm.py), cleaning rules are the keys of clean.RULES.
+`llm_` (see mim_jax/llm/client.py), cleaning rules are the keys of clean.RULES.
 """
 from __future__ import annotations
 

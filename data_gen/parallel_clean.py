@@ -11,13 +11,13 @@ is fingerprinted once it passes rules 1–3. So:
    keeps its result and the rest become rule-4 rejections
    (`resolve_duplicates`).
 
-Records are generate_step's (`outcome_record`), so the result can be
+Records are generated.py's (`outcome_record`), so the result can be
 written as the same shards a local run writes.
 """
 from __future__ import annotations
 
 from data_gen.clean import RULES, clean_generation, response_fingerprint
-from data_gen.generate_step import outcome_record
+from data_gen.generated import outcome_record
 from data_gen.outcome import GenerationOutcome, Rejection
 from mim_jax.data.conversation import Conversation
 

@@ -1,14 +1,13 @@
-"""What a step kept and skipped, by reason: counted per shard, summed per step,
-printed as one table at the end.
+"""What a step kept and skipped, by reason, as one table at the end of the step.
 
 Batch steps never stop for a bad record: they raise `Skip` (a reason key and
 a message naming the record) where the record fails, catch it at the record
-loop, and count it here.
+loop and count it in a mim_jax.data.problems.ProblemCounts (per shard, summed
+per step), which `summary_table` prints.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections import Counter
+from mim_jax.data.problems import ProblemCounts
 
 
 class Skip(Exception):
@@ -19,44 +18,17 @@ class Skip(Exception):
     self.reason = reason
 
 
-@dataclasses.dataclass
-class Tally:
-  kept: int = 0
-  skipped: Counter = dataclasses.field(default_factory=Counter)
-  example: dict = dataclasses.field(default_factory=dict)
-
-  def skip(self, reason: str, message: str) -> None:
-    self.skipped[reason] += 1
-    self.example.setdefault(reason, message)
-
-  def add(self, other: "Tally") -> "Tally":
-    self.kept += other.kept
-    self.skipped.update(other.skipped)
-    for reason, message in other.example.items():
-      self.example.setdefault(reason, message)
-    return self
-
-  @property
-  def total(self) -> int:
-    return self.kept + sum(self.skipped.values())
-
-  def to_json(self) -> dict:
-    return {"kept": self.kept, "skipped": dict(self.skipped), "example": self.example}
-
-  @classmethod
-  def from_json(cls, record: dict) -> "Tally":
-    return cls(record["kept"], Counter(record["skipped"]), dict(record["example"]))
-
-
-def summary_table(step: str, tally: Tally, *, kept_label: str = "kept", notes: dict | None = None) -> str:
+def summary_table(step: str, counts: ProblemCounts, *, kept_label: str = "kept", notes: dict | None = None) -> str:
   """A fixed-width table: kept, then each skip reason (most frequent first)
-  with one example message, then free-form notes (shards skipped as done, …)."""
-  rows = [(kept_label, tally.kept, "")]
-  rows += [(f"skipped: {reason}", count, tally.example.get(reason, ""))
-           for reason, count in sorted(tally.skipped.items(), key=lambda item: (-item[1], item[0]))]
+  with one example message, then the counts' own notes, then the step's
+  free-form notes (shards skipped as done, …)."""
+  rows = [(kept_label, counts.kept, "")]
+  rows += [(f"skipped: {reason}", count, counts.first_message.get(reason, ""))
+           for reason, count in sorted(counts.skipped.items(), key=lambda item: (-item[1], item[0]))]
+  rows += [(f"note: {reason}", count, "") for reason, count in sorted(counts.notes.items())]
   rows += [(name, value, "") for name, value in (notes or {}).items()]
   width = max(len(name) for name, _, _ in rows)
-  lines = [f"== {step}: {tally.total} records =="]
+  lines = [f"== {step}: {counts.total} records =="]
   for name, count, example in rows:
     example = f"  e.g. {_shorten(example)}" if example else ""
     lines.append(f"  {name:<{width}}  {count:>8}{example}")

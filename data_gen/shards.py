@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from data_gen.report import Tally
+from mim_jax.data.problems import ProblemCounts
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -74,14 +74,14 @@ def tally_path(shard: Path) -> Path:
   return shard.with_name(shard.name + ".tally.json")
 
 
-def write_shard(shard: Path, data: str | bytes, tally: Tally) -> None:
-  """Tally first, output last: the output's existence marks the shard done."""
+def write_shard(shard: Path, data: str | bytes, tally: ProblemCounts) -> None:
+  """ProblemCounts first, output last: the output's existence marks the shard done."""
   atomic_write_json(tally_path(shard), tally.to_json())
   atomic_write_bytes(shard, data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def read_tally(shard: Path) -> Tally:
-  return Tally.from_json(json.loads(tally_path(shard).read_text(encoding="utf-8")))
+def read_tally(shard: Path) -> ProblemCounts:
+  return ProblemCounts.from_json(json.loads(tally_path(shard).read_text(encoding="utf-8")))
 
 
 def shard_name(index: int, suffix: str, prefix: str = "shard") -> str:

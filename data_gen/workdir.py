@@ -10,6 +10,9 @@
                                        one record per tuple id: kept conversation or rejection (generate)
     WORK/export/                       released-format JSON per split, images/, tfds/ (export)
     WORK/stats.json                    dataset statistics (stats)
+    WORK/beam/round-NNN-shard-NNNNN.jsonl
+                                       a shard's replies cleaned alone, before rule 4 (beam;
+                                       removed when the round's shards are written)
 
 Every step's output is a function of the previous steps' outputs and its own
 flags, so a directory can be resumed by rerunning the same command.
@@ -40,6 +43,7 @@ class WorkDir:
   conversations = property(lambda self: self.root / "conversations")
   export = property(lambda self: self.root / "export")
   stats = property(lambda self: self.root / "stats.json")
+  beam = property(lambda self: self.root / "beam")
 
   def pair_shards(self) -> list[Path]:
     return sorted(self.pairs.glob("shard-*.jsonl"))

@@ -79,10 +79,10 @@ def http_server(routes: dict[str, tuple[int, bytes]], *, slow_s: float = 0.0):
 def ingested_work(root, pairs: int = 40):
   """A work dir with `pairs` synthetic pairs ingested and all of them in one
   cluster (what embed + cluster would give with --num-clusters 1)."""
-  from data_gen.download import Fetcher
-  from data_gen.ingest import ingest
   from data_gen.shards import atomic_write_json
-  from data_gen.sources import open_source
+  from data_gen.sources.download import Fetcher
+  from data_gen.sources.open_source import open_source
+  from data_gen.steps.ingest import ingest
   from data_gen.workdir import WorkDir
   work = WorkDir(root)
   ingest(open_source(f"synthetic:{pairs}"), work, fetcher=Fetcher(), shard_size=16)

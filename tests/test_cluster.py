@@ -1,4 +1,4 @@
-"""data_gen.cluster: k-means finds known clusters, sharded equals unsharded, bad input is refused."""
+"""data_gen.kmeans: k-means finds known clusters, sharded equals unsharded, bad input is refused."""
 import dataclasses
 import json
 
@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_gen.cluster import KMeansConfig, keep_clusters, kmeans, load_clusters, save_clusters
-from data_gen.embed import data_mesh
+from data_gen.kmeans import KMeansConfig, data_mesh, keep_clusters, kmeans, load_clusters, save_clusters
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
@@ -133,5 +132,5 @@ def test_bad_input_is_refused(tmp_path):
     KMeansConfig.from_dict({"k": 3})
   with pytest.raises(ValueError, match="3 keys for 50 assignments"):
     save_clusters(tmp_path / "c.npz", kmeans(x, KMeansConfig(num_clusters=2, iterations=1)), ["a", "b", "c"])
-  with pytest.raises(FileNotFoundError, match="write it with data_gen.cluster.save_clusters"):
+  with pytest.raises(FileNotFoundError, match="write it with data_gen.kmeans.save_clusters"):
     load_clusters(tmp_path / "none.npz")

@@ -3,11 +3,11 @@ import csv
 
 import pytest
 
-from data_gen.annotate import CSV_FIELDS, export_for_rating, import_ratings, rating_statistics
 from data_gen.dialogue import split_turns
 from data_gen.fewshot import load_pool, save_pool
-from data_gen.generate import generate_conversations
-from data_gen.llm import make_client
+from data_gen.generation import generate_conversations
+from data_gen.llm.backends import make_client
+from data_gen.steps.annotate import CSV_FIELDS, export_for_rating, import_ratings, rating_statistics
 
 CAPTIONS = ("a lighthouse on a rocky coast", "a bowl of clam chowder", "fishing boats in a small harbour")
 

@@ -2,26 +2,31 @@
 parallel cleaning equals one sequential Cleaner."""
 import importlib
 import importlib.util
+import json
 import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data_gen.clean import Cleaner
-from data_gen.cluster_step import cluster_step
-from data_gen.embed_step import embed_step
 from data_gen.fewshot import load_pool
-from data_gen.generate_step import generate_step, outcome_record
-from data_gen.llm import make_client
+from data_gen.generated import outcome_record
+from data_gen.llm.backends import make_client
+from data_gen.llm.template import compose_dialogue
 from data_gen.outcome import GenerationOutcome
 from data_gen.parallel_clean import clean_alone, fingerprint_key, resolve_duplicates
-from data_gen.sample import sample_step
-from data_gen.template_backend import compose_dialogue
+from data_gen.steps.cluster import cluster_step
+from data_gen.steps.embed import embed_step
+from data_gen.steps.generate import generate_step
+from data_gen.steps.sample import sample_step
 from data_gen.tiny_clip import save_tiny_clip
 from data_gen.workdir import WorkDir
 from datagen_fixtures import ingested_work
@@ -65,22 +70,35 @@ def test_parallel_cleaning_equals_a_sequential_cleaner():
 
 BEAM_SITE = Path(__file__).parents[1] / ".beam_site"  # where .ci/run installs requirements-beam.txt
 BEAM_RUN = """
-import math, sys
-from data_gen import beam_pipeline
+import json, math, sys
+from data_gen.steps import beam as beam_pipeline
 from data_gen.fewshot import SEED_POOL
 from data_gen.workdir import WorkDir
-beam_pipeline.run(WorkDir(sys.argv[1]), ["--runner=DirectRunner"], clip_dir=sys.argv[2], min_score=-math.inf,
-                  clip_batch_size=16, num_clusters=1, min_cluster_size=32, num_conversations=14, seed=10086,
-                  llm_config={"backend": "template"}, llm_workers=2, pool_path=str(SEED_POOL), tuples_per_shard=5)
+work, clip, round_index, count, llm_config, llm_workers = sys.argv[1:]
+notes = beam_pipeline.run(WorkDir(work), ["--runner=DirectRunner"], round_index=int(round_index), clip_dir=clip,
+                          min_score=-math.inf, clip_batch_size=16, num_clusters=1, min_cluster_size=32,
+                          num_conversations=int(count), seed=10086, llm_config=json.loads(llm_config),
+                          llm_workers=int(llm_workers), pool_path=str(SEED_POOL), tuples_per_shard=5)
+print(json.dumps(notes))
 """
+TEMPLATE = '{"backend": "template"}'
+# The run to kill asks one request a second (a one-request bucket, one worker): the kill lands after the first
+# shard's 5 replies are kept, with ~9 s of generation still ahead. Rate limits do not change the output.
+SLOW_TEMPLATE = '{"backend": "template", "requests_per_minute": 60, "rate_burst_s": 1}'
+ROUNDS = ((0, 14), (1, 10))  # (round, tuples): 3 shards, then 2
 
 
-def test_beam_direct_runner_equals_the_local_steps(tmp_path):
+def _require_beam():
   # Beam runs in a subprocess with .beam_site first on the path: its protobuf
   # must not shadow the venv's for the rest of the test session.
   if not BEAM_SITE.is_dir() and importlib.util.find_spec("apache_beam") is None:
     pytest.skip("apache-beam is optional; install it with: pip install --no-deps --target .beam_site "
                 "-r requirements-beam.txt")
+
+
+def _local_and_beam_dirs(tmp_path, rounds):
+  """A local run of embed, cluster and each round's sample + generate, and a
+  Beam work dir holding only the same ingest; returns (local, beam, clip dir)."""
   local = ingested_work(tmp_path / "local", pairs=40)
   local.clusters.unlink()
   save_tiny_clip(local.root / "tiny_clip")
@@ -88,20 +106,52 @@ def test_beam_direct_runner_equals_the_local_steps(tmp_path):
   for name in ("pairs", "images", "tiny_clip"):
     shutil.copytree(local.root / name, beam_work.root / name)
 
-  from data_gen.embed import ClipScorer
+  from mim_jax.infer.clip_scores import ClipScorer
   clip = str(local.root / "tiny_clip")
   embed_step(local, lambda: ClipScorer.from_pretrained(clip, batch_size=16, min_score=-math.inf),
              min_score=-math.inf)
   cluster_step(local, num_clusters=1, min_cluster_size=32, seed=SEED)
-  sample_step(local, count=14, seed=SEED)
-  generate_step(local, make_client({"backend": "template"}), load_pool(), seed=SEED, shard_size=5)
+  for round_index, count in rounds:
+    sample_step(local, count=count, round_index=round_index, seed=SEED)
+    generate_step(local, make_client({"backend": "template"}), load_pool(), round_index=round_index, seed=SEED,
+                  shard_size=5)
+  return local, beam_work, clip
 
+
+def _beam(work, clip, round_index, count, llm_config=TEMPLATE, llm_workers=2):
   repo = Path(__file__).parents[1]
   path = os.pathsep.join(p for p in (str(BEAM_SITE), str(repo), str(repo / "tests"), os.environ.get("PYTHONPATH"))
                          if p)
-  beam = subprocess.run([sys.executable, "-c", BEAM_RUN, str(beam_work.root), clip], cwd=repo, capture_output=True,
-                        text=True, env={**os.environ, "PYTHONPATH": path}, timeout=900)
-  assert beam.returncode == 0, beam.stderr[-4000:]
+  return subprocess.Popen([sys.executable, "-c", BEAM_RUN, str(work.root), clip, str(round_index), str(count),
+                           llm_config, str(llm_workers)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, "PYTHONPATH": path})
+
+
+def _finish(process) -> dict:
+  out, err = process.communicate(timeout=900)
+  assert process.returncode == 0, err[-4000:]
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def _files(work, rounds):
+  paths = sorted(work.conversations.iterdir()) + [work.clusters] + [work.samples / f"round-{r:03d}.jsonl"
+                                                                     for r, _ in rounds]
+  paths += sorted(work.embeddings.glob("*.json"))  # settings and tallies; the npz files hold zip timestamps
+  return {str(p.relative_to(work.root)): p.read_bytes() for p in paths}
+
+
+def _embeddings(work):
+  out = {}
+  for shard in sorted(work.embeddings.glob("*.npz")):
+    with np.load(shard) as arrays:
+      out[shard.name] = {name: arrays[name].tolist() for name in arrays.files}
+  return out
+
+
+def test_beam_direct_runner_equals_the_local_steps(tmp_path):
+  _require_beam()
+  local, beam_work, clip = _local_and_beam_dirs(tmp_path, ROUNDS[:1])
+  _finish(_beam(beam_work, clip, 0, 14))
 
   def files(work):
     paths = sorted(work.conversations.iterdir()) + [work.clusters, work.samples / "round-000.jsonl"]
@@ -111,7 +161,35 @@ def test_beam_direct_runner_equals_the_local_steps(tmp_path):
   assert files(beam_work) == files(local)
 
 
+def test_beam_rounds_0_and_1_killed_and_rerun_equal_the_local_steps(tmp_path):
+  _require_beam()
+  local, beam_work, clip = _local_and_beam_dirs(tmp_path, ROUNDS)
+  process = _beam(beam_work, clip, 0, 14, SLOW_TEMPLATE, llm_workers=1)
+  deadline = time.monotonic() + 300
+  while not list(beam_work.beam.glob("*.jsonl")) and process.poll() is None:
+    assert time.monotonic() < deadline, "generation never got under way"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed mid-generation"
+  assert not list(beam_work.conversations.glob("*.jsonl")) and beam_work.clusters.exists()
+
+  notes = _finish(_beam(beam_work, clip, 0, 14))
+  assert notes.pop("generate shards replied before this run") in (1, 2)  # asked the LLM only for the rest
+  assert notes == {"embed shards done before this run": len(beam_work.pair_shards()),
+                   "generate shards done before this run": 0}
+  notes = _finish(_beam(beam_work, clip, 1, 10))
+  assert notes["embed shards done before this run"] == len(beam_work.pair_shards())
+  assert not list(beam_work.beam.glob("*")), "the kept replies outlived their round"
+
+  assert [len(list(local.conversations.glob(f"round-00{r}-*.jsonl"))) for r, _ in ROUNDS] == [3, 2]
+  assert _files(beam_work, ROUNDS) == _files(local, ROUNDS)
+  assert _embeddings(beam_work) == _embeddings(local)
+  _finish(_beam(beam_work, clip, 1, 10))  # a finished round: everything is skipped and nothing changes
+  assert _files(beam_work, ROUNDS) == _files(local, ROUNDS)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("apache_beam") is not None, reason="apache-beam is on the path here")
 def test_without_apache_beam_the_import_says_how_to_install_it():
   with pytest.raises(ImportError, match=r"pillow<13.*requirements-beam.txt"):
-    importlib.import_module("data_gen.beam_pipeline")
+    importlib.import_module("data_gen.steps.beam")

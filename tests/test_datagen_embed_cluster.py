@@ -7,14 +7,14 @@ from collections import Counter
 
 import numpy as np
 
-from data_gen.cluster import load_clusters
-from data_gen.cluster_step import cluster_embeddings, cluster_step
-from data_gen.embed import ScoredPairs
-from data_gen.embed_step import embed_step, read_embeddings
-from data_gen.report import Tally
+from data_gen.kmeans import load_clusters
 from data_gen.shards import write_shard
+from data_gen.steps.cluster import cluster_embeddings, cluster_step
+from data_gen.steps.embed import embed_step, read_embeddings
 from data_gen.workdir import WorkDir
 from datagen_fixtures import ingested_work
+from mim_jax.data.problems import ProblemCounts
+from mim_jax.infer.clip_scores import ScoredPairs
 
 
 class FixedScorer:
@@ -45,7 +45,7 @@ def test_score_filter_counts_and_resume(tmp_path):
   tally, notes = embed_step(work, lambda: scorer, min_score=30.0)
   assert tally.kept == 3
   assert dict(tally.skipped) == {"clip_score_below_min": 1, "image_not_decodable": 1}
-  assert "p000000001: score 29.9 < 30" in tally.example["clip_score_below_min"]
+  assert "p000000001: score 29.9 < 30" in tally.first_message["clip_score_below_min"]
   ids, embeddings = read_embeddings(work)
   assert ids == ["p000000000", "p000000003", "p000000004"]
   np.testing.assert_array_equal(embeddings, np.eye(5, 4, dtype=np.float32)[[0, 3, 4]])
@@ -63,7 +63,7 @@ def test_cluster_step_drops_small_clusters_and_lowers_k(tmp_path):
   ids = [f"p{i:09d}" for i in range(sum(sizes))]
   buffer = io.BytesIO()
   np.savez(buffer, ids=np.array(ids), scores=np.zeros(len(ids), np.float32), embeddings=embeddings.astype(np.float32))
-  write_shard(work.embeddings / "shard-00000.npz", buffer.getvalue(), Tally(kept=len(ids)))
+  write_shard(work.embeddings / "shard-00000.npz", buffer.getvalue(), ProblemCounts(kept=len(ids)))
 
   record, notes, _ = cluster_embeddings(ids, embeddings, num_clusters=4096, min_cluster_size=32, seed=10086)
   assert record["num_clusters"] == 3 and notes["k lowered from 4096 (96 embeddings)"] == 3
@@ -72,7 +72,7 @@ def test_cluster_step_drops_small_clusters_and_lowers_k(tmp_path):
   clusters = json.loads(work.clusters.read_text())["clusters"]
   assert sorted(map(sorted, clusters.values())) == [ids[:40], ids[40:80]]
   assert tally.kept == 80 and tally.skipped == {"cluster_too_small": 16}
-  assert "16 images sit in clusters under 32" in tally.example["cluster_too_small"]
+  assert "16 images sit in clusters under 32" in tally.first_message["cluster_too_small"]
   result, keys = load_clusters(work.kmeans)
   assert list(keys) == ids and result.assignments.shape == (96,)
   again, notes = cluster_step(work, num_clusters=3, min_cluster_size=32, seed=10086)

@@ -9,20 +9,22 @@ import shutil
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_gen import tfds_builder  # noqa: F401 — registers textbind_conversations
 from data_gen.__main__ import main
-from data_gen.export import export_step, released_json
 from data_gen.fewshot import SEED_POOL, load_pool
-from data_gen.generate_step import generate_step, read_generated, record_conversation
-from data_gen.llm import Completion, LLMConfig, make_client
-from data_gen.sample import ImageTuple, round_path, sample_step
+from data_gen.generated import read_generated, record_conversation
+from data_gen.llm.backends import make_client
+from data_gen.llm.template import compose_dialogue
 from data_gen.shards import jsonl_text
 from data_gen.splits import split_indices
-from data_gen.template_backend import compose_dialogue
+from data_gen.steps.export import export_step, released_json
+from data_gen.steps.generate import generate_step
+from data_gen.steps.sample import ImageTuple, round_path, sample_step
+from data_gen.steps.tfds import released_tfds
 from data_gen.workdir import WorkDir
 from datagen_fixtures import encoded, ingested_work
 from mim_jax.data.conversation import conversation_from_json, conversation_to_json, read_conversations
 from mim_jax.data.schema import conversation_from_record
+from mim_jax.llm.client import Completion, LLMConfig
 
 
 class SameDialogueClient:
@@ -94,7 +96,7 @@ def test_export_reads_back_through_tfds_and_json(tmp_path):
     assert [conversation_to_json(c) for c in read_conversations(out / f"{name}.json")] == [
         generated[i] for i in indices]
 
-  builder = tfds.builder("textbind_conversations", data_dir=str(out / "tfds"))
+  builder = tfds.builder("textbind", data_dir=str(out / "tfds"))
   for name, indices in splits.items():
     dataset = builder.as_dataset(split=name, decoders={"images": tfds.decode.SkipDecoding()})
     read = {}
@@ -103,7 +105,7 @@ def test_export_reads_back_through_tfds_and_json(tmp_path):
       conversation, images = conversation_from_record(example)
       read[example["id"].decode()] = conversation_to_json(conversation)
       assert images == {n: (work.images / n).read_bytes() for n in conversation.images}
-    assert read == {f"{i:08d}": generated[i] for i in indices}
+    assert read == {f"{name}-{j}": generated[i] for j, i in enumerate(indices)}
 
   assert export_step(work)[1]["tfds rebuilt"] == 0  # unchanged input: the dataset is kept
 
@@ -124,10 +126,10 @@ def test_tfds_drops_conversations_with_missing_images(tmp_path):
   missing = {"conversation": [{"role": "user", "content": "<image>", "image_list": ["gone.png"]},
                               {"role": "assistant", "content": "ok"}]}
   (tmp_path / "images").mkdir()
-  (tmp_path / "images" / "a.png").write_bytes(b"png bytes")
+  (tmp_path / "images" / "a.png").write_bytes(encoded("PNG"))
   (tmp_path / "conversations.json").write_text(json.dumps([good, missing, {"bad": 1}]))
-  usable, tally = tfds_builder.usable_conversations(tmp_path)
-  assert len(usable) == 1 and tally.kept == 1
+  tally, notes = released_tfds(tmp_path / "conversations.json", tmp_path / "images", tmp_path / "tfds")
+  assert notes == {"train split": 1} and tally.kept == 1
   assert dict(tally.skipped) == {"missing_image": 1, "malformed": 1}
 
 
@@ -154,9 +156,9 @@ def test_released_data_to_tfds_from_the_command_line(tmp_path, capsys):
   assert main(["tfds", "--work", str(tmp_path / "out"), "--json", str(tmp_path / "train.json"),
                "--images", str(images)]) == 0
   table = capsys.readouterr().out
-  assert re.search(r"skipped: missing_image +1 ", table) and re.search(r"train split +5\n", table)
-  dataset = tfds.builder("textbind_conversations", data_dir=str(tmp_path / "out" / "tfds")).as_dataset(split="all")
-  assert sorted(int(example["id"].numpy()) for example in dataset) == [0, 1, 2, 4, 5, 6, 7]
+  assert re.search(r"skipped: missing_image +1 ", table) and re.search(r"train split +7\n", table)
+  dataset = tfds.builder("textbind", data_dir=str(tmp_path / "out" / "tfds")).as_dataset(split="all")
+  assert sorted(example["id"].numpy().decode() for example in dataset) == [f"train-{i}" for i in (0, 1, 2, 4, 5, 6, 7)]
 
 
 def test_annotation_round_trip_from_the_command_line(tmp_path, capsys):

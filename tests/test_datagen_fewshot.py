@@ -8,12 +8,21 @@ from collections import Counter
 import pytest
 
 from data_gen import prompt as prompt_module
-from data_gen import template_backend
 from data_gen.clean import clean_generation
-from data_gen.fewshot import SEED_POOL, Example, Pool, PoolError, load_pool, pool_from_json, pool_to_json, \
-  save_pool, select_examples
-from data_gen.generate import generate_conversations
-from data_gen.llm import make_client
+from data_gen.fewshot import (
+  SEED_POOL,
+  Example,
+  Pool,
+  PoolError,
+  load_pool,
+  pool_from_json,
+  pool_to_json,
+  save_pool,
+  select_examples,
+)
+from data_gen.generation import generate_conversations
+from data_gen.llm import template as template_backend
+from data_gen.llm.backends import make_client
 from data_gen.prompt import build_prompt
 from mim_jax.data.conversation import Conversation
 

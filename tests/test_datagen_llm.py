@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from data_gen.fewshot import load_pool
-from data_gen.generate import generate_conversations
-from data_gen.llm import LLMConfig, LLMRequest, make_client
-from data_gen.openai_client import _retry_after_s
+from data_gen.generation import generate_conversations
+from data_gen.llm.backends import make_client
+from data_gen.llm.template import compose_dialogue
 from data_gen.outcome import Rejection
-from data_gen.rate_limit import RateLimiter
-from data_gen.template_backend import compose_dialogue
 from mim_jax.data.conversation import Conversation, write_conversations
+from mim_jax.llm.client import LLMConfig, LLMRequest
+from mim_jax.llm.openai_client import _retry_after_s
+from mim_jax.llm.rate_limit import RateLimiter
 from tests.datagen_fake_llm import FakeChatEndpoint, prompt_captions
 
 KEY_ENV = "DATAGEN_TEST_API_KEY"
@@ -223,7 +224,7 @@ def test_the_template_backend_keeps_to_the_request_rate():
 
 def test_processes_sharing_a_state_file_take_turns(tmp_path):
   script = ("import asyncio, sys, time\n"
-            "from data_gen.rate_limit import RateLimiter\n"
+            "from mim_jax.llm.rate_limit import RateLimiter\n"
             "limiter = RateLimiter(requests_per_minute=600, burst_s=0.1, state_file=sys.argv[1])  # 10/s, holds 1\n"
             "async def main():\n"
             "  await asyncio.sleep(float(sys.argv[2]) - time.time())  # both start together\n"

@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from data_gen.sample import read_round, sample_step, sample_tuples, tuple_key
 from data_gen.shards import atomic_write_json
-from data_gen.stats import dataset_stats, diversity, tokenize
+from data_gen.steps.sample import read_round, sample_step, sample_tuples, tuple_key
+from data_gen.steps.stats import dataset_stats, diversity, tokenize
 from data_gen.workdir import WorkDir
 from mim_jax.data.conversation import Conversation, Turn
 

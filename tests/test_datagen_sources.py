@@ -6,12 +6,13 @@ import tarfile
 import pytest
 from PIL import Image
 
-from data_gen.download import Fetcher, FetchOptions, map_concurrently
-from data_gen.ingest import ingest
-from data_gen.padded_png import padded_png
 from data_gen.report import Skip
-from data_gen.sources import RawPair, SourceSkip, open_source
-from data_gen.synthetic import BACKGROUNDS, synthetic_pair
+from data_gen.sources.download import Fetcher, FetchOptions, map_concurrently
+from data_gen.sources.open_source import open_source
+from data_gen.sources.padded_png import padded_png
+from data_gen.sources.pairs import RawPair, SourceSkip
+from data_gen.sources.synthetic import BACKGROUNDS, synthetic_pair
+from data_gen.steps.ingest import ingest
 from data_gen.workdir import WorkDir
 from datagen_fixtures import bomb_png, encoded, http_server, truncated_jpeg
 

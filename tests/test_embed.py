@@ -1,4 +1,4 @@
-"""data_gen.embed: CLIP scores and image embeddings equal transformers', sharded or not."""
+"""mim_jax.infer.clip_scores: CLIP scores and image embeddings equal transformers', sharded or not."""
 import jax
 import numpy as np
 import pytest
@@ -7,8 +7,8 @@ import transformers
 from PIL import Image
 
 from clip_helpers import tiny_hf_clip
-from data_gen.embed import ClipScorer
 from mim_jax.data.clip_images import preprocess_clip_image
+from mim_jax.infer.clip_scores import ClipScorer
 
 CAPTIONS = ["the cat", "a dog and the cat", "zebra", "the quick brown fox jumps over the lazy dog and cat", "",
             "red and blue", "x", "the end", "an apple", "sky"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
+
+from mim_jax.data.problems import ProblemCounts
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = ("user", "assistant")
@@ -138,28 +139,6 @@ def conversation_to_json(conversation: Conversation) -> dict:
         "caption_list": list(turn.caption_list), "url_list": list(turn.url_list), **turn.extra,
     })
   return {"conversation": turns, **conversation.extra}
-
-
-@dataclasses.dataclass
-class ProblemCounts:
-  """What a batch job kept and skipped, by reason, with the first message of
-  each reason so a report can show an example."""
-
-  kept: int = 0
-  skipped: Counter = dataclasses.field(default_factory=Counter)
-  notes: Counter = dataclasses.field(default_factory=Counter)
-  first_message: dict = dataclasses.field(default_factory=dict)
-
-  def skip(self, error: ConversationError) -> None:
-    self.skipped[error.reason] += 1
-    self.first_message.setdefault(error.reason, str(error))
-
-  def summary(self) -> str:
-    lines = [f"kept {self.kept}, skipped {sum(self.skipped.values())}"]
-    lines += [f"  skipped {count} × {reason}: e.g. {self.first_message[reason]}"
-              for reason, count in self.skipped.most_common()]
-    lines += [f"  note {count} × {reason}" for reason, count in self.notes.most_common()]
-    return "\n".join(lines)
 
 
 def read_conversations(path: str | os.PathLike, counts: ProblemCounts | None = None) -> Iterator[Conversation]:

@@ -19,13 +19,15 @@ import itertools
 import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from mim_jax.data import tfds_writer
-from mim_jax.data.conversation import ProblemCounts
 from mim_jax.data.converters import CONVERTERS
+from mim_jax.data.problems import ProblemCounts
 
 DEFAULT_NAMES = {"llava": "llava_instruct", "minigpt4": "minigpt4_align", "caption_tsv": "captions",
                  "webdataset": "captions"}
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
 def _split_inputs(values: list[str]) -> dict[str, Path]:
@@ -59,27 +61,47 @@ def _parser() -> argparse.ArgumentParser:
   shards = parser.add_mutually_exclusive_group()
   shards.add_argument("--num-shards", type=_positive, help="files per split")
   shards.add_argument("--shard-size", type=_positive, help="records per file")
-  parser.add_argument("--workers", type=_positive, default=min(8, os.cpu_count() or 1),
+  parser.add_argument("--workers", type=_positive, default=DEFAULT_WORKERS,
                       help="threads reading and checking images (default: up to 8, one per CPU)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset version")
   return parser
 
 
+
+def convert(source: str, inputs: Mapping[str, Path], images: Path | None, out: Path, *, name: str | None = None,
+            version: str = "1.0.0", source_tag: str | None = None, max_records: int | None = None,
+            shard_size: int | None = None, num_shards: int | None = None, workers: int = DEFAULT_WORKERS,
+            overwrite: bool = False, counts: dict[str, ProblemCounts] | None = None) -> Path:
+  """Converts `inputs` (split name → file) with the `source` converter into
+  OUT/NAME/VERSION and returns that directory; NAME defaults to the source's
+  (DEFAULT_NAMES, else the source name: `textbind` for TextBind).
+
+  Split rule: each input file is one split under the name it is given; the
+  splits a source has are kept as they are, never re-drawn. (data_gen's
+  export writes its own train/valid/test files first, by data_gen/splits.py,
+  and converts those; a single released file passed to `data_gen tfds` is
+  the train split.) Bad records are counted per split in `counts` (filled
+  as the splits are read, so a caller can report them after an error too)."""
+  kind, converter = CONVERTERS[source]
+  counts = {} if counts is None else counts
+  splits = {}
+  for split, path in inputs.items():
+    counts[split] = ProblemCounts()
+    records = converter.records(Path(path), images, counts[split], source_tag or source, workers)
+    splits[split] = itertools.islice(records, max_records)
+  return tfds_writer.write_dataset(out, name or DEFAULT_NAMES.get(source, source), kind, splits, version=version,
+                                   description=f"{source} converted by mim_jax.data.convert_datasets",
+                                   shard_size=shard_size, num_shards=num_shards, overwrite=overwrite)
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  kind, converter = CONVERTERS[args.source]
-  name = args.name or DEFAULT_NAMES.get(args.source, args.source)
   counts: dict[str, ProblemCounts] = {}
   try:
-    splits = {}
-    for split, path in _split_inputs(args.input).items():
-      counts[split] = ProblemCounts()
-      records = converter.records(path, args.images, counts[split], args.source_tag or args.source, args.workers)
-      splits[split] = itertools.islice(records, args.max_records)
-    path = tfds_writer.write_dataset(args.out, name, kind, splits, version=args.version,
-                                     description=f"{args.source} converted by mim_jax.data.convert_datasets",
-                                     shard_size=args.shard_size, num_shards=args.num_shards,
-                                     overwrite=args.overwrite)
+    path = convert(args.source, _split_inputs(args.input), args.images, args.out, name=args.name,
+                   version=args.version, source_tag=args.source_tag, max_records=args.max_records,
+                   shard_size=args.shard_size, num_shards=args.num_shards, workers=args.workers,
+                   overwrite=args.overwrite, counts=counts)
   except (ValueError, FileNotFoundError, FileExistsError) as error:
     _print_counts(counts)
     print(f"error: {error}", file=sys.stderr)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from mim_jax.data.conversation import ConversationError, ProblemCounts
+from mim_jax.data.conversation import ConversationError
 from mim_jax.data.converters.common import ImageFolder, convert_each
+from mim_jax.data.problems import ProblemCounts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 HEADER_NAMES = {"caption", "url", "image", "image_path", "path", "filepath", "file", "text"}

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
-from mim_jax.data.conversation import (IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts, Turn,
-                                      read_json_records)
+from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, Turn, read_json_records
 from mim_jax.data.images import MAX_PIXELS
+from mim_jax.data.problems import ProblemCounts
 
 # PIL's JPEG draft mode decodes at 1/8 scale: a real decode (truncation shows)
 # at a fraction of the cost of a full one.

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 from mim_jax.data import schema
-from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts, Turn
-from mim_jax.data.converters.common import ImageFolder, field, convert_each, read_json_items
+from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, Turn
+from mim_jax.data.converters.common import ImageFolder, convert_each, field, read_json_items
+from mim_jax.data.problems import ProblemCounts
 
 ROLES = {"human": "user", "gpt": "assistant"}
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Iterator
 
 from mim_jax.data import schema
-from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts, Turn
+from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, Turn
 from mim_jax.data.converters.common import ImageFolder, convert_each, field
+from mim_jax.data.problems import ProblemCounts
 
 DETAIL_INSTRUCTIONS = (
     "Describe this image in detail.",

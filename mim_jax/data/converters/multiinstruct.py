@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from mim_jax.data import schema
-from mim_jax.data.conversation import ProblemCounts
 from mim_jax.data.converters.common import ImageFolder, convert_each, field, read_json_items, single_turn
+from mim_jax.data.problems import ProblemCounts
 
 
 def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,

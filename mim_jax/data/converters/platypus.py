@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 from mim_jax.data import schema
-from mim_jax.data.conversation import ConversationError, ProblemCounts
+from mim_jax.data.conversation import ConversationError
 from mim_jax.data.converters.common import convert_each, field, read_json_items, single_turn
+from mim_jax.data.problems import ProblemCounts
 
 
 def _rows(input: Path) -> Iterator:

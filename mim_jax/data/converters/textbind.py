@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Iterator
 
 from mim_jax.data import schema
-from mim_jax.data.conversation import ProblemCounts, conversation_from_json
+from mim_jax.data.conversation import conversation_from_json
 from mim_jax.data.converters.common import ImageFolder, convert_each, read_json_items
+from mim_jax.data.problems import ProblemCounts
 
 
 def records(input: Path, images: Path | None, counts: ProblemCounts, source: str,

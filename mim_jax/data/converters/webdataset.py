@@ -14,8 +14,9 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from mim_jax.data.conversation import ConversationError, ProblemCounts
+from mim_jax.data.conversation import ConversationError
 from mim_jax.data.converters.common import check_image_bytes, convert_each
+from mim_jax.data.problems import ProblemCounts
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 

@@ -31,8 +31,8 @@ import urllib.parse
 
 import aiohttp
 
-from data_gen.llm import Completion, LLMConfig, LLMFailure, LLMRequest
-from data_gen.rate_limit import RateLimiter
+from mim_jax.llm.client import Completion, LLMConfig, LLMFailure, LLMRequest
+from mim_jax.llm.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -1,75 +1,19 @@
-"""Image–caption sources, read lazily in a fixed order.
-
-A source yields, for each record in order, either a `RawPair` (a caption and
-where its image is: bytes in hand, a local file, or a URL to fetch) or a
-`SourceSkip` (the record cannot be used: a missing field, a caption that is
-not UTF-8). Positions count both, so a record keeps its index — and its pair
-id — across reruns, which is what lets ingest resume by shard.
-
-Sources, named on the command line as `KIND:ARGUMENT`:
-- `tsv:FILE` — Conceptual Captions style, one `caption<TAB>url` a line
-  (CC3M); `tsv_columns=("url", "caption")` reads CC12M's order.
-- `folder:DIR` — `DIR/captions.jsonl`, lines of `{"image": path relative to
-  DIR, "caption": ..., "url": optional}`.
-- `wds:GLOB` — webdataset tar shards: members grouped by key (the name up to
-  the first dot), an image (jpg/jpeg/png/webp) plus a caption (`txt`, or
-  `json` with a "caption" field).
-- `synthetic:COUNT` — drawn shapes with true captions (synthetic.py), for
-  offline runs and tests.
+"""The file sources: TSV (`tsv_source`), a folder with captions.jsonl
+(`folder_source`) and webdataset tar shards (`webdataset_source`); see
+open_source.py for the formats. Each yields a RawPair or a SourceSkip per
+record (pairs.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import tarfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from data_gen.sources.pairs import RawPair, SourceSkip
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-KINDS = ("tsv", "folder", "wds", "synthetic")
-
-
-@dataclasses.dataclass(frozen=True)
-class RawPair:
-  index: int
-  caption: str
-  url: str  # where the image came from; what the released format's url_list holds
-  data: bytes | None = None  # the encoded image, when the source holds it
-  path: str = ""  # a local file to read, when the source points at one
-
-  @property
-  def pair_id(self) -> str:
-    return pair_id(self.index)
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceSkip:
-  index: int
-  reason: str
-  message: str
-
-
-def pair_id(index: int) -> str:
-  return f"p{index:09d}"
-
-
-def open_source(spec: str, *, tsv_columns: Sequence[str] = ("caption", "url"), seed: int = 10086,
-                ) -> Iterator[RawPair | SourceSkip]:
-  kind, _, argument = spec.partition(":")
-  if kind not in KINDS or not argument:
-    raise ValueError(f"source {spec!r} is not KIND:ARGUMENT with KIND one of {', '.join(KINDS)} "
-                     "(e.g. tsv:cc3m.tsv, folder:images/, wds:'shards/*.tar', synthetic:48)")
-  if kind == "tsv":
-    return tsv_source(Path(argument), tsv_columns)
-  if kind == "folder":
-    return folder_source(Path(argument))
-  if kind == "wds":
-    return webdataset_source(argument)
-  from data_gen.synthetic import synthetic_source  # here: synthetic.py imports RawPair from this module
-  if not argument.isdigit():
-    raise ValueError(f"source {spec!r}: synthetic takes a count of pairs, e.g. synthetic:48")
-  return synthetic_source(int(argument), seed=seed)
 
 
 # Each source checks its arguments when called and returns a generator, so a

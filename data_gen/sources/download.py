@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from data_gen.report import Skip
-from data_gen.sources import RawPair
+from data_gen.sources.pairs import RawPair
 
 USER_AGENT = "mim-jax-data-gen/1.0 (research dataset builder; one request per image)"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})

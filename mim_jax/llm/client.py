@@ -1,6 +1,6 @@
-"""LLM clients behind one interface.
+"""The LLM client interface: its config, request, reply and failure types.
 
-    client = make_client(config)          # LLMConfig or a mapping of its fields
+    client = OpenAIChatClient(config)      # or data_gen.llm.backends.make_client(config)
     async with client:                     # opens/closes connections (once per event loop)
       reply = await client.complete(LLMRequest(id, prompt, captions))
     # reply is Completion(text, finish_reason, attempts, …) or LLMFailure(reason, detail, attempts)
@@ -12,9 +12,8 @@ Backends:
   from a config file, never logged). Spec sampling: one user message, no
   system prompt, temperature 1.0, top_p 1.0, max_tokens 2048. See
   openai_client.py for retries and rate limits.
-- "template": NOT a language model. It fills fixed sentence templates with
-  the captions to make dialogues in the generator's format that pass
-  cleaning, for offline smoke runs of the pipeline. See template_backend.py.
+- "template": NOT a language model; data_gen's offline stand-in
+  (data_gen/llm/template.py), named here so one LLMConfig describes either.
 
 Failure reasons (LLMFailure.reason, counted by batch reports):
   llm_cut_by_max_tokens   finish_reason "length": the reply hit max_tokens (not retried)
@@ -126,15 +125,3 @@ class LLMClient(Protocol):
 
   async def complete(self, request: LLMRequest) -> Completion | LLMFailure:
     ...
-
-
-def make_client(config: LLMConfig | Mapping[str, Any]) -> LLMClient:
-  if not isinstance(config, LLMConfig):
-    config = LLMConfig.from_mapping(dict(config))
-  # Imported here: the backends import this module's types, and only the
-  # chosen one should pay for its imports (aiohttp).
-  if config.backend == "template":
-    from data_gen.template_backend import TemplateClient
-    return TemplateClient(config)
-  from data_gen.openai_client import OpenAIChatClient
-  return OpenAIChatClient(config)

@@ -1,5 +1,5 @@
 """Step `generate`: a round's image tuples → one record per tuple id, in
-shards of `shard_size` tuples (generation and cleaning are generate.py's).
+shards of `shard_size` tuples (generation and cleaning are generation.py's).
 
 Resuming without loss or duplication: a shard in progress is an `AppendLog`
 (`<shard>.partial`) that gets one fsynced record per tuple as soon as the
@@ -13,53 +13,33 @@ and rounds, in the order a clean run saw them, through the same `Cleaner`.
 With a deterministic backend a resumed run therefore writes exactly what an
 uninterrupted one would.
 
-A record: {"id", "kept", "conversation" (released JSON, when kept),
-"reason" and "detail" (when rejected), "text" (the raw reply), "images"
-([file, caption, url] in prompt order), "examples" (in-context example ids)}.
+Records: data_gen/generated.py.
 """
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
 from data_gen.clean import Cleaner
 from data_gen.fewshot import Pool
-from data_gen.generate import generate_conversations
-from data_gen.llm import LLMClient
+from data_gen.generated import conversation_shards, outcome_record, tally_records
+from data_gen.generation import generate_conversations
 from data_gen.outcome import GenerationOutcome
-from data_gen.report import Tally
-from data_gen.sample import SEED, ImageTuple, read_round
-from data_gen.shards import AppendLog, clear_temporaries, jsonl_text, read_jsonl, require_same_settings, shard_name, \
-  write_shard
+from data_gen.shards import (
+  AppendLog,
+  clear_temporaries,
+  jsonl_text,
+  read_jsonl,
+  require_same_settings,
+  shard_name,
+  write_shard,
+)
+from data_gen.steps.sample import SEED, ImageTuple, read_round
 from data_gen.workdir import WorkDir
-from mim_jax.data.conversation import Conversation, conversation_from_json, conversation_to_json
-
-
-def outcome_record(outcome: GenerationOutcome, images: Sequence[tuple[str, str, str]]) -> dict:
-  record = {"id": outcome.id, "kept": outcome.kept, "text": outcome.text, "images": [list(i) for i in images],
-            "examples": list(outcome.example_ids)}
-  if outcome.kept:
-    record["conversation"] = conversation_to_json(outcome.result)
-  else:
-    record["reason"], record["detail"] = outcome.result.reason, outcome.result.detail
-  return record
-
-
-def record_conversation(record: dict) -> Conversation:
-  return conversation_from_json(record["conversation"], name=record["id"])
-
-
-def tally_records(records) -> Tally:
-  tally = Tally()
-  for record in records:
-    if record["kept"]:
-      tally.kept += 1
-    else:
-      tally.skip(record["reason"], record["detail"])
-  return tally
+from mim_jax.data.problems import ProblemCounts
+from mim_jax.llm.client import LLMClient
 
 
 def replay(cleaner: Cleaner, records) -> None:
@@ -68,16 +48,6 @@ def replay(cleaner: Cleaner, records) -> None:
   for record in records:
     if record["text"]:
       cleaner(record["text"], [tuple(i) for i in record["images"]], name=record["id"])
-
-
-def conversation_shards(work: WorkDir, round_index: int | None = None) -> list[Path]:
-  """Finished shards in generation order (round, then shard)."""
-  pattern = "round-*-shard-*.jsonl" if round_index is None else f"round-{round_index:03d}-shard-*.jsonl"
-  return sorted(work.conversations.glob(pattern))
-
-
-def read_generated(work: WorkDir) -> list[dict]:
-  return [record for shard in conversation_shards(work) for record in read_jsonl(shard)]
 
 
 def tuple_images(image_tuple: ImageTuple, pairs: dict[str, dict]) -> list[tuple[str, str, str]]:
@@ -92,7 +62,7 @@ def check_settings(work: WorkDir, round_index: int, *, shard_size: int, seed: in
 
 
 def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: int = 0, seed: int = SEED,
-                  shard_size: int = 64) -> tuple[Tally, dict]:
+                  shard_size: int = 64) -> tuple[ProblemCounts, dict]:
   if shard_size < 1:
     raise ValueError(f"shard_size is {shard_size}; give at least 1 tuple per shard")
   tuples = read_round(work, round_index)
@@ -107,7 +77,7 @@ def generate_step(work: WorkDir, client: LLMClient, pool: Pool, *, round_index: 
   for shard in conversation_shards(work):
     if int(shard.name.split("-")[1]) < round_index:
       replay(cleaner, read_jsonl(shard))
-  tally, done_before = Tally(), 0
+  tally, done_before = ProblemCounts(), 0
   progress = tqdm(total=len(tuples), desc=f"generate round {round_index}", unit="conversation")
   for index in itertools.count():
     chunk = tuples[index * shard_size:(index + 1) * shard_size]

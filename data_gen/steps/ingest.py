@@ -12,17 +12,25 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from data_gen.download import Fetcher, map_concurrently
-from data_gen.padded_png import padded_png
-from data_gen.report import Skip, Tally
-from data_gen.shards import atomic_write_bytes, clear_temporaries, jsonl_text, read_tally, require_same_settings, \
-  shard_name, write_shard
-from data_gen.sources import RawPair, SourceSkip
+from data_gen.report import Skip
+from data_gen.shards import (
+  atomic_write_bytes,
+  clear_temporaries,
+  jsonl_text,
+  read_tally,
+  require_same_settings,
+  shard_name,
+  write_shard,
+)
+from data_gen.sources.download import Fetcher, map_concurrently
+from data_gen.sources.padded_png import padded_png
+from data_gen.sources.pairs import RawPair, SourceSkip
 from data_gen.workdir import WorkDir
+from mim_jax.data.problems import ProblemCounts
 
 
 def ingest(records: Iterable[RawPair | SourceSkip], work: WorkDir, *, fetcher: Fetcher, shard_size: int = 1000,
-           source: str = "") -> tuple[Tally, dict]:
+           source: str = "") -> tuple[ProblemCounts, dict]:
   """Returns the step's tally (all shards, finished earlier or now) and
   notes. `source` names the source, so a rerun on another one is refused."""
   if shard_size < 1:
@@ -31,7 +39,7 @@ def ingest(records: Iterable[RawPair | SourceSkip], work: WorkDir, *, fetcher: F
   work.images.mkdir(parents=True, exist_ok=True)
   clear_temporaries(work.pairs)
   clear_temporaries(work.images)
-  tally, reused = Tally(), 0
+  tally, reused = ProblemCounts(), 0
   progress = tqdm(desc="ingest", unit="pair")
   records = iter(records)
   for index in itertools.count():
@@ -49,21 +57,21 @@ def ingest(records: Iterable[RawPair | SourceSkip], work: WorkDir, *, fetcher: F
   return tally, {"shards done before this run": reused}
 
 
-def _ingest_shard(chunk: list, shard, work: WorkDir, fetcher: Fetcher) -> Tally:
+def _ingest_shard(chunk: list, shard, work: WorkDir, fetcher: Fetcher) -> ProblemCounts:
   pairs = [record for record in chunk if isinstance(record, RawPair)]
   outcomes = dict(zip((pair.index for pair in pairs),
                       map_concurrently(lambda pair: _ingest_pair(pair, work, fetcher), pairs,
                                        fetcher.options.workers)))
-  tally, kept = Tally(), []
+  tally, kept = ProblemCounts(), []
   for record in chunk:
     if isinstance(record, SourceSkip):
-      tally.skip(record.reason, record.message)
+      tally.skip_reason(record.reason, record.message)
       continue
     outcome = outcomes[record.index]
     if isinstance(outcome, Skip):
-      tally.skip(outcome.reason, str(outcome))
+      tally.skip(outcome)
     elif isinstance(outcome, Exception):
-      tally.skip(f"error_{type(outcome).__name__}", f"{record.pair_id}: {outcome}")
+      tally.skip_reason(f"error_{type(outcome).__name__}", f"{record.pair_id}: {outcome}")
     else:
       kept.append(outcome)
       tally.kept += 1

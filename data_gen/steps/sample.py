@@ -18,9 +18,9 @@ import dataclasses
 
 import numpy as np
 
-from data_gen.report import Tally
 from data_gen.shards import atomic_write_text, jsonl_text, read_jsonl
 from data_gen.workdir import WorkDir
+from mim_jax.data.problems import ProblemCounts
 
 SEED = 10086
 MIN_CLUSTER_SIZE = 32
@@ -106,13 +106,13 @@ def used_tuples(work: WorkDir) -> set:
 
 
 def sample_step(work: WorkDir, *, count: int, round_index: int = 0, seed: int = SEED,
-                min_cluster_size: int = MIN_CLUSTER_SIZE) -> tuple[Tally, dict]:
+                min_cluster_size: int = MIN_CLUSTER_SIZE) -> tuple[ProblemCounts, dict]:
   path = round_path(work, round_index)
   if path.exists():
     tuples = read_round(work, round_index)
-    return Tally(kept=len(tuples)), {"round already sampled": 1}
+    return ProblemCounts(kept=len(tuples)), {"round already sampled": 1}
   clusters = work.read_clusters()["clusters"]
   tuples, notes = sample_tuples(clusters, count, used=used_tuples(work), round_index=round_index, seed=seed,
                                 min_cluster_size=min_cluster_size)
   atomic_write_text(path, jsonl_text(t.to_json() for t in tuples))
-  return Tally(kept=len(tuples)), notes
+  return ProblemCounts(kept=len(tuples)), notes

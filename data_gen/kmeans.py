@@ -41,11 +41,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from data_gen.embed import data_mesh
+from mim_jax.nn.sharding import create_mesh
 
 INITS = ("kmeans++", "random")
 UPDATES = ("auto", "scatter", "matmul")
 TEXTBIND_MIN_CLUSTER_SIZE = 32
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with every given device (default: this process's) on the `data` axis.
+
+  data_gen's own until mim_jax.nn.sharding has a data_mesh (being added
+  there); mim_jax.infer.clip_scores keeps the same private helper meanwhile."""
+  sizes = {f"{kind}_{axis}": 1 for kind in ("ici", "dcn") for axis in ("data", "fsdp", "tensor")}
+  return create_mesh({**sizes, "ici_data": -1}, list(devices or jax.local_devices()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +119,7 @@ def _check_and_normalize(embeddings: np.ndarray, num_clusters: int) -> np.ndarra
   bad = ~np.isfinite(x).all(axis=1)
   if bad.any():
     raise ValueError(f"{int(bad.sum())} embedding rows contain NaN or inf (first: row {int(np.flatnonzero(bad)[0])}); "
-                     "drop the records that failed to embed (data_gen.embed marks them) before clustering")
+                     "drop the records that failed to embed (mim_jax.infer.clip_scores marks them) before clustering")
   norms = np.linalg.norm(x, axis=1, keepdims=True)
   if (norms == 0).any():
     raise ValueError(f"{int((norms == 0).sum())} embedding rows are all zeros and cannot be L2-normalised; drop them")
@@ -342,7 +351,7 @@ def load_clusters(path: str | os.PathLike) -> tuple[KMeansResult, np.ndarray | N
   """(result, keys or None) from `save_clusters`' file."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist; write it with data_gen.cluster.save_clusters")
+    raise FileNotFoundError(f"{path} does not exist; write it with data_gen.kmeans.save_clusters")
   with np.load(path, allow_pickle=False) as data:
     missing = {"centroids", "assignments", "inertia", "iterations", "config_json"} - set(data.files)
     if missing:

@@ -2,7 +2,7 @@
 
 `ClipScorer.score_pairs([(image, caption), ...])` returns, per pair, the CLIP
 score 100 × cos(image embedding, caption embedding), the L2-normalised image
-embedding (what `data_gen.cluster` groups) and `keep` = score ≥ `min_score`
+embedding (what data_gen's k-means groups) and `keep` = score ≥ `min_score`
 (30 in TextBind). Images may be PIL images, uint8 arrays (H, W, 3), already
 preprocessed float arrays (size, size, 3) from `mim_jax.data.clip_images`, or
 file paths.
@@ -64,8 +64,11 @@ class ScoredPairs:
             f"{self.truncated_captions} captions truncated")
 
 
-def data_mesh(devices: Sequence[jax.Device] | None = None):
-  """A mesh with every given device (default: this process's) on the `data` axis."""
+def _data_mesh(devices: Sequence[jax.Device] | None = None):
+  """A mesh with every given device (default: this process's) on the `data` axis.
+
+  Private until mim_jax.nn.sharding has a data_mesh of its own (being added
+  there); data_gen.kmeans keeps the same helper for the same reason."""
   sizes = {f"{kind}_{axis}": 1 for kind in ("ici", "dcn") for axis in ("data", "fsdp", "tensor")}
   return create_mesh({**sizes, "ici_data": -1}, list(devices or jax.local_devices()))
 
@@ -82,7 +85,7 @@ class ClipScorer:
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     self.config, self.tokenizer, self.min_score = config, tokenizer, float(min_score)
-    self.mesh = data_mesh(devices)
+    self.mesh = _data_mesh(devices)
     num_devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // num_devices) * num_devices
     replicated = NamedSharding(self.mesh, PartitionSpec())

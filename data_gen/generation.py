@@ -8,7 +8,7 @@
 sequence of (file, caption, url) in prompt order (<img0> = images[0]).
 Every id gets exactly one GenerationOutcome whose `result` is a
 `Conversation` (named by the id) or a `Rejection` (an `llm_…` reason from
-llm.py, or a cleaning rule from clean.RULES). `on_outcome` is called once per
+mim_jax/llm/client.py, or a cleaning rule from clean.RULES). `on_outcome` is called once per
 outcome, in input order, as soon as it and all before it are final: write
 it there and show progress.
 
@@ -35,9 +35,9 @@ from typing import Callable, Iterable, Sequence
 
 from data_gen.clean import Cleaner
 from data_gen.fewshot import Pool, select_examples
-from data_gen.llm import Completion, LLMClient, LLMRequest
 from data_gen.outcome import GenerationOutcome, ImageRef, Rejection
 from data_gen.prompt import build_prompt
+from mim_jax.llm.client import Completion, LLMClient, LLMRequest
 
 Task = tuple[str, Sequence[ImageRef]]
 

@@ -2,7 +2,7 @@
 clusters with fewer than `min_cluster_size` images are dropped (spec §1).
 
 Writes WORK/kmeans.npz (centroids and every kept pair's assignment, keyed by
-pair id; data_gen.cluster.load_clusters reads it) and, last, WORK/clusters.json:
+pair id; data_gen.kmeans.load_clusters reads it) and, last, WORK/clusters.json:
     {"num_clusters": k, "min_cluster_size": m, "seed": s, "clusters": {"<cluster>": [pair id, …], …}}
 holding the kept clusters only. k is lowered to embeddings // min_cluster_size
 (at least 1) when there are too few embeddings for k clusters of that size,
@@ -14,11 +14,11 @@ import json
 
 import numpy as np
 
-from data_gen.cluster import KMeansConfig, KMeansResult, keep_clusters, kmeans, save_clusters
-from data_gen.embed_step import read_embeddings
-from data_gen.report import Tally
+from data_gen.kmeans import KMeansConfig, KMeansResult, keep_clusters, kmeans, save_clusters
 from data_gen.shards import read_tally, write_shard
+from data_gen.steps.embed import read_embeddings
 from data_gen.workdir import WorkDir
+from mim_jax.data.problems import ProblemCounts
 
 
 def cluster_embeddings(ids: list[str], embeddings_nd: np.ndarray, *, num_clusters: int, min_cluster_size: int,
@@ -38,7 +38,7 @@ def cluster_embeddings(ids: list[str], embeddings_nd: np.ndarray, *, num_cluster
   return record, notes, result
 
 
-def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, seed: int) -> tuple[Tally, dict]:
+def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, seed: int) -> tuple[ProblemCounts, dict]:
   if work.clusters.exists():
     return read_tally(work.clusters), {"clustered before this run": 1}
   ids, embeddings = read_embeddings(work)
@@ -47,14 +47,14 @@ def cluster_step(work: WorkDir, *, num_clusters: int, min_cluster_size: int, see
   return write_clusters(work, ids, record, result), notes
 
 
-def write_clusters(work: WorkDir, ids: list[str], record: dict, result: KMeansResult) -> Tally:
+def write_clusters(work: WorkDir, ids: list[str], record: dict, result: KMeansResult) -> ProblemCounts:
   """kmeans.npz, then clusters.json with its tally (images kept, images in
   clusters too small); returns the tally."""
-  tally = Tally(kept=sum(map(len, record["clusters"].values())))
+  tally = ProblemCounts(kept=sum(map(len, record["clusters"].values())))
   if len(ids) > tally.kept:
     tally.skipped["cluster_too_small"] = len(ids) - tally.kept
-    tally.example["cluster_too_small"] = (f"{len(ids) - tally.kept} images sit in clusters under "
-                                          f"{record['min_cluster_size']}")
+    tally.first_message["cluster_too_small"] = (f"{len(ids) - tally.kept} images sit in clusters under "
+                                                f"{record['min_cluster_size']}")
   save_clusters(work.kmeans, result, keys=ids)
   write_shard(work.clusters, json.dumps(record, ensure_ascii=False, indent=1), tally)
   return tally

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-from data_gen.sources import RawPair
+from data_gen.sources.pairs import RawPair
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
           "purple": (140, 60, 180), "orange": (245, 140, 30), "black": (20, 20, 20)}

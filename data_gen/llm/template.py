@@ -19,8 +19,8 @@ from __future__ import annotations
 import random
 
 from data_gen.dialogue import ASSISTANT, HUMAN, image_tag
-from data_gen.llm import Completion, LLMConfig, LLMFailure, LLMRequest
-from data_gen.rate_limit import RateLimiter
+from mim_jax.llm.client import Completion, LLMConfig, LLMFailure, LLMRequest
+from mim_jax.llm.rate_limit import RateLimiter
 
 OPENERS = ("I came across this picture today.", "Take a look at this photo I took.",
            "A friend just sent me this.", "I found this in an old album.")

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from data_gen.report import Tally
-from data_gen.sample import SEED
+from data_gen.steps.sample import SEED
 from data_gen.workdir import WorkDir
+from mim_jax.data.problems import ProblemCounts
 
 
 def _llm_setting(text: str) -> tuple[str, object]:
@@ -31,7 +31,7 @@ OPTIONS = {
     "--seed": dict(type=int, default=SEED, help="seed of k-means, sampling and example selection (spec: 10086)"),
     # ingest
     "--source": dict(default="synthetic:64", help="KIND:ARGUMENT, KIND one of tsv, folder, wds, synthetic "
-                                                  "(see data_gen/sources.py); default: 64 synthetic pairs"),
+                                                  "(see data_gen/sources/open_source.py); default: 64 synthetic pairs"),
     "--tsv-columns": dict(default="caption,url", help="TSV column order: caption,url (CC3M) or url,caption (CC12M)"),
     "--pairs-per-shard": dict(type=int, default=1000),
     "--download-workers": dict(type=int, default=16, help="concurrent downloads in all"),
@@ -51,7 +51,7 @@ OPTIONS = {
     "--num-conversations": dict(type=int, default=100, help="image tuples to draw in this round"),
     "--round": dict(type=int, default=0, help="sampling/generation round; later rounds never reuse a tuple"),
     # generate
-    "--llm-config": dict(type=Path, help="JSON file of data_gen.llm.LLMConfig fields"),
+    "--llm-config": dict(type=Path, help="JSON file of mim_jax.llm.client.LLMConfig fields"),
     "--llm": dict(type=_llm_setting, action="append", default=[], metavar="KEY=VALUE",
                   help="an LLMConfig field, over --llm-config (default backend: template, offline)"),
     "--fewshot-pool": dict(type=Path, help="rated example pool JSON (default: the bundled seed pool)"),
@@ -76,13 +76,13 @@ class Step:
   name: str
   help: str
   options: tuple[str, ...]
-  run: Callable[[argparse.Namespace], tuple[Tally, dict]]
+  run: Callable[[argparse.Namespace], tuple[ProblemCounts, dict]]
 
 
-def ingest(args) -> tuple[Tally, dict]:
-  from data_gen.download import Fetcher, FetchOptions
-  from data_gen.ingest import ingest as ingest_source
-  from data_gen.sources import open_source
+def ingest(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.sources.download import Fetcher, FetchOptions
+  from data_gen.sources.open_source import open_source
+  from data_gen.steps.ingest import ingest as ingest_source
   options = FetchOptions(timeout_s=args.timeout, retries=args.retries, workers=args.download_workers,
                          per_host=args.per_host)
   source = open_source(args.source, tsv_columns=tuple(args.tsv_columns.split(",")), seed=args.seed)
@@ -107,64 +107,56 @@ def _clip(args, work: WorkDir) -> tuple[Path, float]:
   return directory, args.min_score
 
 
-def embed(args) -> tuple[Tally, dict]:
+def embed(args) -> tuple[ProblemCounts, dict]:
   work = WorkDir(args.work)
   directory, min_score = _clip(args, work)  # a bad --clip fails before JAX starts
-  from data_gen.embed import ClipScorer
-  from data_gen.embed_step import embed_step
+  from data_gen.steps.embed import embed_step
+  from mim_jax.infer.clip_scores import ClipScorer
   return embed_step(work, lambda: ClipScorer.from_pretrained(directory, batch_size=args.clip_batch_size,
                                                              min_score=min_score), min_score=min_score)
 
 
-def cluster(args) -> tuple[Tally, dict]:
-  from data_gen.cluster_step import cluster_step
+def cluster(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.steps.cluster import cluster_step
   return cluster_step(WorkDir(args.work), num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
                       seed=args.seed)
 
 
-def released_tfds(args) -> tuple[Tally, dict]:
-  from data_gen import tfds_builder
+def released_tfds(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.steps.tfds import released_tfds as write
   if args.json is None or args.images is None:
     raise ValueError("tfds needs --json FILE (released format) and --images DIR (the files it names)")
-  for path in (args.json, args.images):
-    if not path.exists():
-      raise FileNotFoundError(f"{path} does not exist; pass the released JSON file and its image folder")
-  manual = WorkDir(args.work).root / "source"
-  manual.mkdir(parents=True, exist_ok=True)
-  for link, target in ((manual / "conversations.json", args.json), (manual / "images", args.images)):
-    link.unlink(missing_ok=True)
-    link.symlink_to(target.resolve())
-  _, tally = tfds_builder.usable_conversations(manual)
-  builder = tfds_builder.build(manual, manual.parent / "tfds")
-  return tally, {f"{name} split": info.num_examples for name, info in builder.info.splits.items()}
+  return write(args.json, args.images, WorkDir(args.work).root / "tfds")
 
 
-def beam(args) -> tuple[Tally, dict]:
-  from data_gen import beam_pipeline
-  from data_gen.generate_step import conversation_shards, read_generated, tally_records
+def beam(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.generated import conversation_shards, tally_records
+  from data_gen.shards import read_jsonl
+  from data_gen.steps import beam as beam_pipeline
   work = WorkDir(args.work)
   clip_dir, min_score = _clip(args, work)
-  beam_pipeline.run(
-      work, args.beam_arg, clip_dir=str(clip_dir), min_score=min_score, clip_batch_size=args.clip_batch_size,
-      num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
+  notes = beam_pipeline.run(
+      work, args.beam_arg, round_index=args.round, clip_dir=str(clip_dir), min_score=min_score,
+      clip_batch_size=args.clip_batch_size, num_clusters=args.num_clusters, min_cluster_size=args.min_cluster_size,
       num_conversations=args.num_conversations, seed=args.seed,
       llm_config=dataclasses.asdict(llm_config(args)), llm_workers=args.llm_workers,
       pool_path=str(args.fewshot_pool or _seed_pool()), tuples_per_shard=args.tuples_per_shard)
-  return tally_records(read_generated(work)), {"shards written": len(conversation_shards(work))}
+  shards = conversation_shards(work, args.round)
+  return tally_records(r for shard in shards for r in read_jsonl(shard)), {**notes, "shards written": len(shards)}
 
 
-def make_tiny_clip(args) -> tuple[Tally, dict]:
+def make_tiny_clip(args) -> tuple[ProblemCounts, dict]:
   from data_gen.tiny_clip import save_tiny_clip
-  return Tally(kept=1), {f"random tiny CLIP saved to {save_tiny_clip(args.work / 'tiny_clip')}": 1}
+  return ProblemCounts(kept=1), {f"random tiny CLIP saved to {save_tiny_clip(args.work / 'tiny_clip')}": 1}
 
 
-def sample(args) -> tuple[Tally, dict]:
-  from data_gen.sample import sample_step
+def sample(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.steps.sample import sample_step
   return sample_step(WorkDir(args.work), count=args.num_conversations, round_index=args.round, seed=args.seed)
 
 
 def llm_config(args):
-  from data_gen.llm import LLMConfig
+  from mim_jax.llm.client import LLMConfig
   values = {"backend": "template"}
   if args.llm_config is not None:
     values.update(json.loads(args.llm_config.read_text(encoding="utf-8")))
@@ -182,39 +174,38 @@ def load_pool(args):
   return load(args.fewshot_pool or _seed_pool())
 
 
-def generate(args) -> tuple[Tally, dict]:
-  from data_gen.generate_step import generate_step
-  from data_gen.llm import make_client
+def generate(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.llm.backends import make_client
+  from data_gen.steps.generate import generate_step
   return generate_step(WorkDir(args.work), make_client(llm_config(args)), load_pool(args), round_index=args.round,
                        seed=args.seed, shard_size=args.tuples_per_shard)
 
 
-def export(args) -> tuple[Tally, dict]:
-  from data_gen.export import export_step
+def export(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.steps.export import export_step
   return export_step(WorkDir(args.work), tfds=not args.no_tfds)
 
 
-def stats(args) -> tuple[Tally, dict]:
+def stats(args) -> tuple[ProblemCounts, dict]:
   from data_gen.shards import atomic_write_json
-  from data_gen.stats import dataset_stats
+  from data_gen.steps.stats import dataset_stats
   from mim_jax.data.conversation import ProblemCounts, read_conversations
   work = WorkDir(args.work)
   counts = ProblemCounts()
   path = args.json or work.require(work.export / "conversations.json", "export")
   values = dataset_stats(list(read_conversations(path, counts)))
   atomic_write_json(work.stats, values)
-  tally = Tally(kept=counts.kept, skipped=counts.skipped, example=counts.first_message)
-  return tally, {name: round(v, 3) if isinstance(v, float) else v for name, v in values.items()}
+  return counts, {name: round(v, 3) if isinstance(v, float) else v for name, v in values.items()}
 
 
 def _csv_path(args) -> Path:
   return args.csv or WorkDir(args.work).root / "annotation" / f"round-{args.round:03d}.csv"
 
 
-def annotate_export(args) -> tuple[Tally, dict]:
-  from data_gen.annotate import export_for_rating
-  from data_gen.generate_step import conversation_shards, record_conversation
+def annotate_export(args) -> tuple[ProblemCounts, dict]:
+  from data_gen.generated import conversation_shards, record_conversation
   from data_gen.shards import read_jsonl
+  from data_gen.steps.annotate import export_for_rating
   work = WorkDir(args.work)
   shards = conversation_shards(work, args.round)
   if not shards:
@@ -223,17 +214,18 @@ def annotate_export(args) -> tuple[Tally, dict]:
   items = [(r["id"], record_conversation(r)) for shard in shards for r in read_jsonl(shard) if r["kept"]]
   path = _csv_path(args)
   path.parent.mkdir(parents=True, exist_ok=True)
-  return Tally(kept=export_for_rating(items, path)), {f"rows written to {path}": len(items)}
+  return ProblemCounts(kept=export_for_rating(items, path)), {f"rows written to {path}": len(items)}
 
 
-def annotate_import(args) -> tuple[Tally, dict]:
-  from data_gen.annotate import import_ratings
+def annotate_import(args) -> tuple[ProblemCounts, dict]:
   from data_gen.fewshot import save_pool
+  from data_gen.steps.annotate import import_ratings
   if args.out_pool is None:
     raise ValueError("annotate-import needs --out-pool PATH: the new pool version is written to a new file")
   report = import_ratings(_csv_path(args), load_pool(args))
   save_pool(report.pool, args.out_pool)
-  tally = Tally(kept=sum(report.added.values()), skipped=report.skipped, example=report.first_message)
+  tally = ProblemCounts(kept=sum(report.added.values()), skipped=report.skipped,
+                        first_message=report.first_message)
   return tally, {f"pool v{report.pool.version} written to {args.out_pool}": len(report.pool.examples)}
 
 
@@ -256,10 +248,11 @@ STEPS = (
 TOOLS = (
     Step("tfds", "a released-format JSON + image folder (e.g. TextBind's own data) → TFDS in WORK/tfds",
          ("--work", "--json", "--images"), released_tfds),
-    Step("beam", "embed → cluster/sample → generate → clean → write as an Apache Beam pipeline (round 0)",
-         ("--work", "--seed", "--clip", "--min-score", "--clip-batch-size", "--num-clusters", "--min-cluster-size",
-          "--num-conversations", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard", "--beam-arg",
-          "--llm-workers"), beam),
+    Step("beam", "embed → cluster/sample → generate → clean → write as an Apache Beam pipeline (one --round; "
+                 "reruns skip finished shards)",
+         ("--work", "--seed", "--round", "--clip", "--min-score", "--clip-batch-size", "--num-clusters",
+          "--min-cluster-size", "--num-conversations", "--llm-config", "--llm", "--fewshot-pool", "--tuples-per-shard",
+          "--beam-arg", "--llm-workers"), beam),
     Step("make-tiny-clip", "save a random tiny CLIP to WORK/tiny_clip (what embed --clip tiny uses)", ("--work",),
          make_tiny_clip),
     Step("annotate-export", "a round's kept conversations → rating CSV", ("--work", "--round", "--csv"),
