@@ -12,7 +12,11 @@ with 100 warmup steps, cosine.
 `arg`: `full` or `tiny`. Data: TFDS directories written by
 `python -m mim_jax.data.convert_datasets` (public sets) and `python -m data_gen`
 (TextBind), named as below under data.data_dir; weights are the sizes, so the
-mixture is uniform over conversations, as the original concatenation.
+mixture is uniform over conversations, as the original concatenation. Both
+TextBind paths write the dataset `textbind`: `python -m data_gen run --work W`
+writes it under `W/export/tfds` (point data.data_dir there, or
+data.sources.textbind.path at `W/export/tfds/textbind`), and
+`convert_datasets textbind` under its --out.
 """
 from __future__ import annotations
 

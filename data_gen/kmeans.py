@@ -41,20 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mim_jax.nn.sharding import create_mesh
+from mim_jax.nn.sharding import data_mesh
 
 INITS = ("kmeans++", "random")
 UPDATES = ("auto", "scatter", "matmul")
 TEXTBIND_MIN_CLUSTER_SIZE = 32
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh with every given device (default: this process's) on the `data` axis.
-
-  data_gen's own until mim_jax.nn.sharding has a data_mesh (being added
-  there); mim_jax.infer.clip_scores keeps the same private helper meanwhile."""
-  sizes = {f"{kind}_{axis}": 1 for kind in ("ici", "dcn") for axis in ("data", "fsdp", "tensor")}
-  return create_mesh({**sizes, "ici_data": -1}, list(devices or jax.local_devices()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +283,7 @@ def kmeans(embeddings: np.ndarray, config: KMeansConfig, *, mesh: Mesh | None = 
   `mesh`: a mesh with a `data` axis to split the points over (default: all local devices)."""
   cfg = config
   x = _check_and_normalize(embeddings, cfg.num_clusters)
-  mesh = mesh or data_mesh()
+  mesh = mesh or data_mesh(jax.local_devices())
   num_devices = mesh.shape["data"]
   layout = _Layout.of(len(x), num_devices, cfg.chunk_size)
   order = np.random.default_rng(cfg.seed).permutation(len(x)) if cfg.minibatch else np.arange(len(x))

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from data_gen.kmeans import KMeansConfig, data_mesh, keep_clusters, kmeans, load_clusters, save_clusters
+from data_gen.kmeans import KMeansConfig, keep_clusters, kmeans, load_clusters, save_clusters
+from mim_jax.nn.sharding import data_mesh
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:

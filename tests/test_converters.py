@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from mim_jax.data import convert_datasets, schema, tfds_writer
-from mim_jax.data.conversation import ConversationError, ProblemCounts
+from mim_jax.data.conversation import ConversationError
+from mim_jax.data.problems import ProblemCounts
 from mim_jax.data.converters import (caption_tsv, common, llava, minigpt4, multiinstruct, platypus, shikra, textbind,
                                      webdataset)
 from record_helpers import encoded_image, read_split

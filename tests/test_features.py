@@ -6,8 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from mim_jax.data.conversation import (Conversation, ConversationError, ProblemCounts, Turn, conversation_from_json,
+from mim_jax.data.conversation import (Conversation, ConversationError, Turn, conversation_from_json,
                                        read_conversations, write_conversations)
+from mim_jax.data.problems import ProblemCounts
 from mim_jax.data.features import FeatureConfig, FeatureError, build_features, iter_features, stack_features
 from mim_jax.data.instructions import CAPTION_INSTRUCTIONS, caption_sample
 from mim_jax.data.tokenizer import Tokenizer, train_sentencepiece

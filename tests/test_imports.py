@@ -109,7 +109,7 @@ def test_the_tree_keeps_its_layers():
 
 def test_the_walk_sees_the_tree():
   modules = {edge.module for edge in edges(ROOT)}
-  assert {"mim_jax.nn.attention", "mim_jax.models.llama", "data_gen.embed", "launch.aot_compile"} <= modules
+  assert {"mim_jax.nn.attention", "mim_jax.models.llama", "data_gen.steps.embed", "launch.aot_compile"} <= modules
 
 
 def _write(root: Path, relative: str, text: str) -> None:

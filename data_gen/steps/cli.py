@@ -189,7 +189,8 @@ def export(args) -> tuple[ProblemCounts, dict]:
 def stats(args) -> tuple[ProblemCounts, dict]:
   from data_gen.shards import atomic_write_json
   from data_gen.steps.stats import dataset_stats
-  from mim_jax.data.conversation import ProblemCounts, read_conversations
+  from mim_jax.data.conversation import read_conversations
+  from mim_jax.data.problems import ProblemCounts
   work = WorkDir(args.work)
   counts = ProblemCounts()
   path = args.json or work.require(work.export / "conversations.json", "export")

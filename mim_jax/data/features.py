@@ -69,7 +69,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from mim_jax.data.batch_spec import FEATURE_FIELDS
-from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError, ProblemCounts
+from mim_jax.data.conversation import IMAGE_PLACEHOLDER, Conversation, ConversationError
+from mim_jax.data.problems import ProblemCounts
 from mim_jax.data.tokenizer import Tokenizer
 
 B_INST, E_INST = "[INST]", "[/INST]"

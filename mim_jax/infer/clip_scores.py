@@ -42,7 +42,7 @@ from mim_jax.data.clip_images import load_clip_pixels, preprocess_clip_image
 from mim_jax.data.images import BadImageError
 from mim_jax.models.clip import ClipModel, normalize
 from mim_jax.models.clip_config import ClipConfig
-from mim_jax.nn.sharding import create_mesh
+from mim_jax.nn.sharding import data_mesh
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,6 @@ class ScoredPairs:
             f"{self.truncated_captions} captions truncated")
 
 
-def _data_mesh(devices: Sequence[jax.Device] | None = None):
-  """A mesh with every given device (default: this process's) on the `data` axis.
-
-  Private until mim_jax.nn.sharding has a data_mesh of its own (being added
-  there); data_gen.kmeans keeps the same helper for the same reason."""
-  sizes = {f"{kind}_{axis}": 1 for kind in ("ici", "dcn") for axis in ("data", "fsdp", "tensor")}
-  return create_mesh({**sizes, "ici_data": -1}, list(devices or jax.local_devices()))
-
-
 class ClipScorer:
   """Scores image–caption pairs with a CLIP model; see the module docstring.
 
@@ -85,7 +76,7 @@ class ClipScorer:
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     self.config, self.tokenizer, self.min_score = config, tokenizer, float(min_score)
-    self.mesh = _data_mesh(devices)
+    self.mesh = data_mesh(devices or jax.local_devices())
     num_devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // num_devices) * num_devices
     replicated = NamedSharding(self.mesh, PartitionSpec())

@@ -170,7 +170,7 @@ class OpenAIChatClient:
 def _is_http_url(url: str) -> bool:
   try:
     parts = urllib.parse.urlsplit(url)
-    parts.port  # raises on a port out of range
+    _ = parts.port  # raises on a port out of range
   except ValueError:
     return False
   return parts.scheme in ("http", "https") and bool(parts.hostname)
