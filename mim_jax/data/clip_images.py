@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from mim_jax.data.images import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, MAX_PIXELS, load_image
+from mim_jax.data.images import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, MAX_PIXELS, as_rgb_image, load_image
 
 
 def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
@@ -28,12 +28,7 @@ def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
 
 def preprocess_clip_image(image: Image.Image | np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
   """PIL image (any mode) or uint8 array (H, W[, 3]) → float32 (size, size, 3)."""
-  if isinstance(image, np.ndarray):
-    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
-      raise ValueError(f"expected a uint8 (H, W) or (H, W, 3) array, got {image.dtype} {image.shape}")
-    image = Image.fromarray(image)
-  if image.mode != "RGB":
-    image = image.convert("RGB")
+  image = as_rgb_image(image)
   resized = np.asarray(image.resize(resized_shape(*image.size, size), resample=Image.Resampling.BICUBIC))
   height, width = resized.shape[:2]
   top, left = (height - size) // 2, (width - size) // 2

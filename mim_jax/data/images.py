@@ -67,16 +67,19 @@ def _decode(source, name: str, max_pixels: int) -> Image.Image:
     ) from e
 
 
-def resize_image(image: Image.Image | np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-  """PIL image (any mode) or uint8 array (H, W[, 3]) → uint8 (size, size, 3): the
-  part of preprocessing that runs on the host (the input pipeline ships these)."""
+def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
+  """PIL image (any mode) or uint8 array (H, W[, 3]) → an RGB PIL image."""
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
       raise ValueError(f"expected a uint8 (H, W) or (H, W, 3) array, got {image.dtype} {image.shape}")
     image = Image.fromarray(image)
-  if image.mode != "RGB":
-    image = image.convert("RGB")
-  return np.asarray(image.resize((size, size), resample=Image.Resampling.BICUBIC), np.uint8)
+  return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def resize_image(image: Image.Image | np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+  """PIL image (any mode) or uint8 array (H, W[, 3]) → uint8 (size, size, 3): the
+  part of preprocessing that runs on the host (the input pipeline ships these)."""
+  return np.asarray(as_rgb_image(image).resize((size, size), resample=Image.Resampling.BICUBIC), np.uint8)
 
 
 def pixel_table() -> np.ndarray:
