@@ -27,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from mim_jax.convert import blip2, llama
+from mim_jax.convert.json_files import read_json
 from mim_jax.convert.safetensors_io import CheckpointReader, SafetensorsFile, write_safetensors, write_sharded
 from mim_jax.convert.table import ArrayReader, read_config_json
 from mim_jax.data.images import CLIP_MEAN, CLIP_STD
@@ -51,7 +52,7 @@ def load_hf_mim(directory: str | os.PathLike, *, with_vision: bool = True, llm_o
   }
   medium = MediumConfig()
   if (Path(directory) / MEDIUM_CONFIG).is_file():
-    medium = MediumConfig.from_dict(json.loads((Path(directory) / MEDIUM_CONFIG).read_text()))
+    medium = MediumConfig.from_dict(read_json(Path(directory) / MEDIUM_CONFIG, "the export's image medium config"))
     params["image_medium"] = _load_medium(Path(directory) / MEDIUM_WEIGHTS)
   return MIMConfig(llm_cfg, vision, qformer_cfg, medium), params
 
