@@ -1,5 +1,8 @@
 """A MIM export used the way transformers users call it: the chat template gives
-build_features' ids, AutoProcessor gives our pixels and ids."""
+build_features' ids, AutoProcessor gives our pixels and ids, and the README's
+recipe (run as written) gives our greedy tokens."""
+import re
+from pathlib import Path
 
 import jax
 import jinja2
@@ -8,14 +11,19 @@ import pytest
 import transformers
 from PIL import Image
 
-from helpers import tiny_mim_config, tiny_mim_tokenizer
+from helpers import bigram_mim_params, tiny_mim_config, tiny_mim_tokenizer
 from mim_jax.convert.mim import save_hf_mim
 from mim_jax.data.conversation import Conversation, Turn
 from mim_jax.data.features import FeatureConfig, build_features
 from mim_jax.data.images import preprocess_image
 from mim_jax.data.tokenizer import Tokenizer
+from mim_jax.infer.generate import SamplingConfig
+from mim_jax.infer.mim_generate import MIMGenerator
+from mim_jax.infer.renderers import PlaceholderRenderer
 from mim_jax.models.mim import init_params
 
+README = Path(__file__).parents[1] / "README.md"
+README_EXPORT = '"/tmp/mim_stage2_hf"'
 PHOTO = Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 30, 3), np.uint8))
 
 TWO_TURNS = {
@@ -105,3 +113,36 @@ def test_chat_template_refuses_a_system_prompt(export):
   messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
   with pytest.raises(jinja2.TemplateError, match="no system prompt; message 0 has role system"):
     hf.apply_chat_template(messages, tokenize=False)
+
+
+def _readme_recipe() -> str:
+  section = README.read_text().split("### Running a MIM export with transformers", 1)[1]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  assert len([line for line in code.splitlines() if line.strip()]) <= 10 and code.count(README_EXPORT) == 1
+  return code
+
+
+@pytest.mark.parametrize("model", ["random", "describes"])
+def test_readme_recipe_generates_our_greedy_tokens(tokenizer, tmp_path, monkeypatch, model):
+  """`random`: a random tiny MIM, where the image and every position matter;
+  `describes`: one that answers `<start> d1 d2 <end>`, which transformers
+  emits as tokens (ours then renders the image and goes on; compared up to `<end>`)."""
+  cfg = tiny_mim_config(tokenizer)
+  params = (bigram_mim_params(cfg, tokenizer) if model == "describes"
+            else jax.device_get(init_params(cfg, jax.random.key(3))))
+  save_hf_mim(tmp_path / "export", cfg, params, tokenizer=tokenizer, dtype="float32")
+  PHOTO.save(tmp_path / "photo.png")
+  monkeypatch.chdir(tmp_path)
+  recipe = {}
+  exec(_readme_recipe().replace(README_EXPORT, repr(str(tmp_path / "export"))), recipe)
+  theirs = recipe["out"][0, recipe["inputs"]["input_ids"].shape[1]:].tolist()
+
+  prompt = Conversation((Turn("user", "<image> What is in this picture?", ("photo.png",)),))
+  sampling = SamplingConfig(max_new_tokens=32, stop_ids=(tokenizer.eos_id,))
+  generator = MIMGenerator(cfg, params, tokenizer, PlaceholderRenderer(), sampling=sampling)
+  ours = generator.generate([prompt], [[Image.open(tmp_path / "photo.png")]])[0].token_ids
+  assert recipe["inputs"]["input_ids"][0].tolist() == _main_ids(prompt, tokenizer, cfg)
+  cut = ours.index(tokenizer.end_id) + 1 if tokenizer.end_id in ours else len(ours)
+  assert len(ours) >= 4 and theirs[:cut] == ours[:cut]
+  if model == "describes":
+    assert ours[0] == tokenizer.start_id and cut == 4
