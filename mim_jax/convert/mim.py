@@ -4,6 +4,8 @@
    config and `image_token_index` = `<image>`: transformers' Blip2 scatters the
    image embeddings into the `<image>` positions in order (masked_scatter), so
    several images per sequence, in user and assistant turns, load and run there.
+   Beside it: the tokenizer, MIM's chat template and the processor configs
+   (convert/hf_processor.py), so `AutoProcessor` gives MIM's prompt.
    Caption branches (tree masks) are a training-time construct and need no
    export.
    With the `qformer` image medium (spec §2 ablation) the directory also holds
@@ -27,9 +29,11 @@ import numpy as np
 from flax import traverse_util
 
 from mim_jax.convert import blip2, llama
+from mim_jax.convert.hf_processor import chat_template, write_processor_files
+from mim_jax.convert.json_files import read_json
 from mim_jax.convert.safetensors_io import CheckpointReader, SafetensorsFile, write_safetensors, write_sharded
 from mim_jax.convert.table import ArrayReader, read_config_json
-from mim_jax.data.images import CLIP_MEAN, CLIP_STD
+from mim_jax.data.tokenizer import Tokenizer
 from mim_jax.models.image_medium import MediumConfig
 from mim_jax.models.mim import MIMConfig
 
@@ -51,7 +55,7 @@ def load_hf_mim(directory: str | os.PathLike, *, with_vision: bool = True, llm_o
   }
   medium = MediumConfig()
   if (Path(directory) / MEDIUM_CONFIG).is_file():
-    medium = MediumConfig.from_dict(json.loads((Path(directory) / MEDIUM_CONFIG).read_text()))
+    medium = MediumConfig.from_dict(read_json(Path(directory) / MEDIUM_CONFIG, "the export's image medium config"))
     params["image_medium"] = _load_medium(Path(directory) / MEDIUM_WEIGHTS)
   return MIMConfig(llm_cfg, vision, qformer_cfg, medium), params
 
@@ -85,14 +89,19 @@ def _tensors(cfg: MIMConfig, params: Mapping, dtype: np.dtype, projection_prefix
 
 def save_hf_mim(directory: str | os.PathLike, cfg: MIMConfig, params: Mapping, *, tokenizer, dtype: str = "bfloat16",
                 max_shard_bytes: int = 5 * 2**30) -> Path:
-  """Writes a directory that `transformers.Blip2ForConditionalGeneration.from_pretrained` loads,
-  with the tokenizer (MIM's special tokens) and a BLIP-2 image processor config."""
+  """Writes a directory that `transformers.Blip2ForConditionalGeneration.from_pretrained` loads, with the
+  tokenizer (MIM's special tokens), MIM's chat template and the processor files `AutoProcessor` reads
+  (convert/hf_processor.py says how transformers places the image tokens)."""
   if "vision" not in params["image_encoder"]:
     raise ValueError("params have no vision tower (trained on cached ViT features?); add the frozen ViT params "
                      "back, e.g. from the BLIP-2 checkpoint, before exporting a loadable model")
   np_dtype = llama.EXPORT_DTYPES[dtype]
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
+  tokenizer.save_pretrained(directory)
+  # For the tokenizer as users load it (transformers 5 rebuilds a legacy Llama tokenizer as a new one), and
+  # before the weights are written, since it can refuse.
+  template = chat_template(Tokenizer.load(directory), cfg.num_image_tokens)
   write_sharded(directory, _tensors(cfg, params, np_dtype, "language_projection."), max_shard_bytes)
   token_ids = llama.special_token_ids(tokenizer)
   config = {
@@ -110,15 +119,8 @@ def save_hf_mim(directory: str | os.PathLike, cfg: MIMConfig, params: Mapping, *
   (directory / "config.json").write_text(json.dumps(config, indent=2))
   _save_medium(directory, cfg, params, np_dtype)
   llama.write_generation_config(directory, token_ids)
-  processor = {
-      "image_processor_type": "BlipImageProcessor", "processor_class": "Blip2Processor",
-      "do_convert_rgb": True, "do_resize": True, "size": {"height": cfg.vision.image_size,
-                                                          "width": cfg.vision.image_size},
-      "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-      "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-  }
-  (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-  tokenizer.save_pretrained(directory)
+  # Over the tokenizer's own chat_template.jinja, if it had one (Llama-2-chat's has a system prompt).
+  write_processor_files(directory, template, image_size=cfg.vision.image_size)
   return directory
 
 
