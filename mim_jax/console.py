@@ -109,11 +109,10 @@ class _Formatter(logging.Formatter):
     super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
   def format(self, record: logging.LogRecord) -> str:
-    line = super().format(record)
-    if record.levelno < logging.WARNING:
-      return line
-    time, _, message = line.partition(" ")
-    return f"{time} {record.levelname}: {message}"
+    time, _, message = super().format(record).partition(" ")
+    level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+    where = "" if record.name.startswith("mim_jax") else f"[{record.module}] "  # a library's: which file said it
+    return f"{time} {level}{where}{message}"
 
 
 class _Filter(logging.Filter):

@@ -90,6 +90,7 @@ class _Preemption:
     self.requested, self.signum = True, self.signum or signum
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+      log.info("Ctrl-C: saving a checkpoint when this step ends (Ctrl-C again stops without saving)")
 
   def agreed(self) -> bool:
     if jax.process_count() == 1:
