@@ -116,16 +116,20 @@ class _Formatter(logging.Formatter):
 
 
 class _Filter(logging.Filter):
-  """Other libraries from WARNING; on processes other than 0, ours too (their INFO repeats process 0's)."""
+  """Other libraries from WARNING, deprecation notices left out; on processes other than 0, ours too (their INFO
+  repeats process 0's)."""
 
   def __init__(self, verbose: bool):
     super().__init__()
     self.verbose = verbose
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING or self.verbose:
+    if self.verbose:
       return True
-    return record.name.startswith("mim_jax") and _process_index() == 0
+    if not record.name.startswith("mim_jax"):
+      # A library's deprecation notice (TensorFlow's, TFDS's) is addressed to our code, not to who runs it.
+      return record.levelno >= logging.WARNING and "deprecated" not in record.getMessage()
+    return record.levelno >= logging.WARNING or _process_index() == 0
 
 
 def _process_index() -> int:

@@ -99,13 +99,16 @@ def test_eta_leaves_the_compile_step_out(tmp_path, monkeypatch, caplog):
   train_cfg = ml_collections.ConfigDict(dict(log_every=10, steps=100))
   values = {"loss": np.float32(2.0), "grad_norm": np.float32(1.0), "tokens": np.float32(256.0),
             "grads_finite": np.array([True])}
-  for step in range(1, 11):
-    clock.now = 30.0 + 0.5 * (step - 1)  # step 1 ends after 30 s of compiling, then 0.5 s a step
+  for step in range(1, 21):
+    # Step 1 ends after 30 s of compiling, then 0.5 s a step, and a 5 s checkpoint save inside step 15.
+    clock.now = 30.0 + 0.5 * (step - 1) + (5.0 if step >= 15 else 0.0)
     loop._finish((step, values), history, logger, optax.constant_schedule(1e-3), window, train_cfg, {"params": {}})
   logger.close()
-  line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 10/100")][0]
+  line, later = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("step 10/", "step 20/"))]
   # Steps 2..10 over 4.5 s: 0.5 s/step, 90 to go. With the compile step in: 3.45 s/step, ETA 5m10s.
   assert "0.50s/step" in line and "ETA 0m45s" in line, line
+  # The save window reads 1.00 s/step, but the ETA averages since the clock started: 14.5 s / 19 steps × 80.
+  assert "1.00s/step" in later and "ETA 1m01s" in later, later
   hints = [r.getMessage() for r in caplog.records if "peak_flops_per_device" in r.getMessage()]
   assert len(hints) == 1 and "MFU" not in line
 
