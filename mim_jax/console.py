@@ -49,7 +49,8 @@ def verbose_requested(flag: bool = False) -> bool:
 def setup_logging(verbose: bool = False) -> None:
   """Our INFO lines to stderr as `HH:MM:SS message`; other libraries' only from WARNING (all of it if verbose)."""
   verbose = verbose_requested(verbose)
-  # TensorFlow's C++ INFO and WARNING lines (oneDNN notes, absl::InitializeLog); 2 still shows errors.
+  # jaxlib's and TensorFlow's C++ INFO and WARNING lines at run time (PjRt device counts, tf.data buffer notes);
+  # 2 still shows errors. TensorFlow's import-time notes ignore it: see native_stderr_muted.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
   _quiet_libtpu_without_tpus()
   from absl import logging as absl_logging
