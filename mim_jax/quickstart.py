@@ -53,7 +53,6 @@ def main(argv):
     train(config, workdir)
   except Preempted as preempted:
     sys.exit(128 + preempted.signum)
-  train(config, workdir)
   # The whole run's history, also when this call resumed (or found it finished).
   history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 

@@ -52,6 +52,18 @@ def test_tiny_run_prints_our_lines_only(tmp_path):
 
 
 @pytest.mark.slow
+def test_quickstart_console_is_quiet_too(tmp_path):
+  run = subprocess.run([sys.executable, "-m", "mim_jax.quickstart", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
+                        "--config.train.steps=4", "--config.train.log_every=2", "--config.sample.max_new_tokens=4"],
+                       cwd=REPO, env=USER_ENV, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  logged = run.stderr.splitlines()
+  assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in logged), run.stderr
+  assert sum("steps 0 → 4" in line for line in logged) == 1 and not any("resumed" in line for line in logged)
+  assert len(logged) <= 2 * 2 + 6 and "sample: " in run.stdout
+
+
+@pytest.mark.slow
 def test_verbose_brings_the_library_logs_back(tmp_path):
   verbose = subprocess.run(train_command(tmp_path, "--config.train.steps=2", "--config.checkpoint.every_steps=1",
                                          "--verbose"), cwd=REPO, env=USER_ENV, capture_output=True, text=True, timeout=600)
