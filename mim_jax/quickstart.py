@@ -7,37 +7,52 @@ train/setup.py), so the quickstart shows the real loop: checkpoints,
 metrics, resume. With the default config everything is random-init and tiny
 (a sentencepiece tokenizer is trained on the bundled text), so it runs in
 about a minute on a laptop CPU. `--config.init.llm` (a HF Llama directory)
-and `--config.tokenizer` fine-tune real weights instead.
+and `--config.tokenizer` fine-tune real weights instead; `--print_config`
+lists every field. Ctrl-C saves a checkpoint and the same command resumes;
+`--verbose` shows the libraries' logs too.
 """
 from __future__ import annotations
 
 import json
-import logging
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from mim_jax.convert.llama import load_hf_llama
-from mim_jax.data.text_windows import read_text_lines, token_windows
-from mim_jax.infer.generate import SamplingConfig, generate
-from mim_jax.models.llama import Llama
-from mim_jax.train.checkpoint import restore_params
-from mim_jax.train.export import export, run_config, run_tokenizer
-from mim_jax.train.loop import train
+from mim_jax import console
 
-config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file); set fields with "
+                                "--config.a.b=value, see them all with --print_config.", lock_config=True)
 flags.DEFINE_string("workdir", "/tmp/mim_quickstart", "Where the run, the tokenizer and the HF export are written.")
+flags.DEFINE_bool("print_config", False, "Print the resolved config (overrides applied) and exit without training.")
+flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (orbax, jax, TensorFlow); or MIM_JAX_VERBOSE=1.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  if FLAGS.print_config:
+    print(FLAGS.config)
+    return
+  console.setup_logging(FLAGS.verbose)
+  console.use_compilation_cache()
+  with console.native_stderr_muted(FLAGS.verbose):  # these import TensorFlow
+    from mim_jax.convert.llama import load_hf_llama
+    from mim_jax.data.text_windows import read_text_lines, token_windows
+    from mim_jax.infer.generate import SamplingConfig, generate
+    from mim_jax.models.llama import Llama
+    from mim_jax.train.checkpoint import restore_params
+    from mim_jax.train.export import export, run_config, run_tokenizer
+    from mim_jax.train.loop import Preempted, train
+
   config, workdir = FLAGS.config, Path(FLAGS.workdir)
-  train(config, workdir)
+  try:
+    train(config, workdir)
+  except Preempted as preempted:
+    sys.exit(128 + preempted.signum)
   # The whole run's history, also when this call resumed (or found it finished).
   history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -65,4 +80,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  console.run_app(main)

@@ -1,35 +1,50 @@
 r"""Train MIM (stage 1 or 2) or a plain Llama from a config file.
 
   python -m mim_jax.train --config configs/mim_stage2.py:tiny --workdir /tmp/mim_stage2_tiny
+  python -m mim_jax.train --config configs/mim_stage2.py:tiny --print_config   # every field, then exit
 
-Resumes automatically from the newest checkpoint in --workdir; SIGTERM
-(preemption) saves a checkpoint and exits with status 143 after it is written.
+Any config field can be set on the command line: `--config.train.steps=100`;
+`--print_config` shows them all, overrides applied. Resumes automatically from
+the newest checkpoint in --workdir. SIGTERM (preemption) and Ctrl-C (SIGINT)
+save a checkpoint at the end of the current step and exit with status 143 and
+130 after it is written; a second Ctrl-C stops without saving. The console
+shows our progress lines and warnings; `--verbose` adds the libraries' logs.
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mim_jax.train.loop import Preempted, train
+from mim_jax import console
 
-config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file, optionally :arg).",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file, optionally :arg); set fields with "
+                                "--config.a.b=value, see them all with --print_config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard events and the tokenizer go here.")
+flags.DEFINE_bool("print_config", False, "Print the resolved config (overrides applied) and exit without training.")
+flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (orbax, jax, TensorFlow); or MIM_JAX_VERBOSE=1.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  if FLAGS.print_config:
+    print(FLAGS.config)
+    return
+  if FLAGS.workdir is None:
+    raise app.UsageError("--workdir is required: checkpoints and metrics go there (it resumes from them)")
+  console.setup_logging(FLAGS.verbose)
+  console.use_compilation_cache()
+  with console.native_stderr_muted(FLAGS.verbose):
+    from mim_jax.train.loop import Preempted, train  # imports TensorFlow
+
   try:
     train(FLAGS.config, FLAGS.workdir)
-  except Preempted:
-    sys.exit(143)
+  except Preempted as preempted:
+    sys.exit(128 + preempted.signum)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  flags.mark_flags_as_required(["config"])
+  console.run_app(main)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 
 from etils import epath
@@ -33,7 +34,11 @@ log = logging.getLogger("mim_jax.train")
 
 
 class Preempted(Exception):
-  """Raised after the checkpoint of a SIGTERM'd run is safely written."""
+  """Raised after the checkpoint of a run stopped by SIGTERM or SIGINT is safely written."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f"{signal.Signals(signum).name} at step {step}")
+    self.step, self.signum = step, signum
 
 
 def _readers(run: Run, tokenizer, medium: MediumTargets | None):
@@ -73,15 +78,19 @@ def _check_batch_shape(config) -> None:
 
 
 class _Preemption:
-  """SIGTERM sets a flag; all processes agree on it at each step, so they save the same step."""
+  """SIGTERM (a preemption) or SIGINT (Ctrl-C) sets a flag; all processes agree on it at each step, so they
+  save the same step. After the first SIGINT, a second one interrupts at once, without saving."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested, self.signum = False, None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    self.requested, self.signum = True, self.signum or signum
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+      log.info("Ctrl-C: saving a checkpoint when this step ends (Ctrl-C again stops without saving)")
 
   def agreed(self) -> bool:
     if jax.process_count() == 1:
@@ -89,7 +98,15 @@ class _Preemption:
     return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
 
   def close(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+
+
+def _log_compile(start: int, seconds: float) -> None:
+  cache = jax.config.jax_compilation_cache_dir
+  source = f"compiled, or loaded from the persistent cache {cache}" if cache else "compiled; no persistent cache"
+  why = f"resumed at step {start} in a new process, which builds its step again: " if start else ""
+  log.info("train step ready in %.1fs (%s%s)", seconds, why, source)
 
 
 def _first_bad_leaf(params, finite) -> str:
@@ -128,7 +145,7 @@ def train(config, workdir: str | Path) -> dict:
   log.info("mesh %s; %s; steps %d → %d; %.3g FLOPs/step", dict(run.mesh.shape), type(run.model_cfg).__name__, start,
            train_cfg.steps, flops)
 
-  pending, window = None, {"steps": 0, "tokens": 0.0, "images": 0.0}
+  pending, window = None, {"steps": 0, "tokens": 0.0, "images": 0.0, "timing": False}
   losses = {}
   try:
     for step in range(start, train_cfg.steps):
@@ -139,7 +156,10 @@ def train(config, workdir: str | Path) -> dict:
       batch = to_global({k: arrays[k] for k in host_keys}, data_sharding)
       if medium:
         batch["medium_targets"] = medium(batch.pop("medium_caption_ids"))
+      dispatched = time.perf_counter()
       state, step_metrics = step_fn(state, batch)
+      if step == start:  # the first call traces and compiles before it returns
+        _log_compile(start, time.perf_counter() - dispatched)
       if pending is not None:
         losses.update(_finish(pending, history, logger, schedule, window, train_cfg, state))
       pending = (step + 1, step_metrics)
@@ -149,8 +169,10 @@ def train(config, workdir: str | Path) -> dict:
         checkpoint.save(manager, step + 1, state, {**meta, "step": step + 1}, readers, force=True)
         history.flush()
         manager.wait_until_finished()
-        log.info("SIGTERM: saved step %d to %s; exiting", step + 1, manager.directory)
-        raise Preempted(step + 1)
+        signum = preemption.signum or signal.SIGTERM  # another process's signal
+        log.info("%s: saved step %d to %s; the same command resumes from it", signal.Signals(signum).name, step + 1,
+                 manager.directory)
+        raise Preempted(step + 1, signum)
       if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == train_cfg.steps:
         losses.update(_finish(pending, history, logger, schedule, window, train_cfg, state))
         pending = None
@@ -213,9 +235,13 @@ def _finish(pending, history, logger, schedule, window, train_cfg, state) -> dic
              "grad_norm": float(values["grad_norm"]), "learning_rate": float(schedule(step - 1)),
              "tokens": float(values["tokens"]), "images": float(values.get("images", 0))}
   history.append({"step": step, **scalars})
-  window["steps"] += 1
-  window["tokens"] += scalars["tokens"]
-  window["images"] += scalars["images"]
+  if window["timing"]:
+    window["steps"] += 1
+    window["tokens"] += scalars["tokens"]
+    window["images"] += scalars["images"]
+  else:  # this process's first step includes compiling it: the rate (and the ETA) count from its end
+    window["timing"] = True
+    logger.start_clock()
   if step % train_cfg.log_every == 0 or step == train_cfg.steps:
     logger.log(step, scalars, steps_done=window["steps"], tokens=window["tokens"], images=window["images"])
     window.update(steps=0, tokens=0.0, images=0.0)

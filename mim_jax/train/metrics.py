@@ -108,7 +108,14 @@ def step_flops(cfg: LlamaConfig | MIMConfig, *, batch: int, seq_len: int, images
 
 
 class MetricsLogger:
-  """Console line (rate, ETA) and TensorBoard scalars, on process 0 only."""
+  """Console line (rate, ETA) and TensorBoard scalars, on process 0 only.
+
+  The rate counts from `start_clock()`, which the loop calls when a process's
+  first step has finished: that step includes compiling (seconds to minutes),
+  and an ETA from it would swing from hours to seconds by the next line. The
+  line's s/step is the last window's; the ETA uses the average since the
+  clock started, so a checkpoint save inside one window does not swing it
+  either (saves recur, so the average is what the rest of the run will see)."""
 
   def __init__(self, workdir: Path, total_steps: int, flops_per_step: float, peak: float | None):
     self.total_steps, self.flops_per_step, self.peak = total_steps, flops_per_step, peak
@@ -118,35 +125,51 @@ class MetricsLogger:
       import tensorflow as tf  # TensorBoard event files; tf is already the input pipeline's dependency
       self._tf = tf
       self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-    self._last_time, self._last_step = time.time(), None
+      if not peak:
+        log.info("MFU is not shown: no peak FLOP/s is known for %r; set --config.train.peak_flops_per_device=<FLOP/s> "
+                 "to show it", jax.devices()[0].device_kind)
+    self._last_time = self._started = None
+    self._steps_timed = 0
+
+  def start_clock(self) -> None:
+    self._last_time = self._started = time.time()
 
   def log(self, step: int, scalars: dict[str, float], *, steps_done: int, tokens: float, images: float) -> None:
-    """`scalars` of step `step`; `steps_done`, `tokens`, `images` since the previous call."""
-    now = time.time()
-    elapsed, self._last_time = now - self._last_time, now
-    if not self.enabled or steps_done <= 0 or elapsed <= 0:
+    """`scalars` of step `step`; `steps_done`, `tokens`, `images` since the previous call (or `start_clock`)."""
+    if not self.enabled:
       return
-    step_time = elapsed / steps_done
-    rates = {"step_time_s": step_time, "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
-             "tflops_per_device": self.flops_per_step / step_time / jax.device_count() / 1e12}
-    if self.peak:
-      rates["mfu"] = rates["tflops_per_device"] * 1e12 / self.peak
+    now = time.time()
+    elapsed = now - self._last_time if self._last_time is not None else 0.0
+    self._last_time = now
+    rates, eta = {}, None
+    if steps_done > 0 and elapsed > 0:
+      self._steps_timed += steps_done
+      eta = (now - self._started) / self._steps_timed * (self.total_steps - step)
+      step_time = elapsed / steps_done
+      rates = {"step_time_s": step_time, "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
+               "tflops_per_device": self.flops_per_step / step_time / jax.device_count() / 1e12}
+      if self.peak:
+        rates["mfu"] = rates["tflops_per_device"] * 1e12 / self.peak
     values = {**scalars, **rates}
     with self._writer.as_default(step=step):
       for name, value in values.items():
         self._tf.summary.scalar(name, value)
     self._writer.flush()
-    eta = step_time * (self.total_steps - step)
-    mfu = f" MFU {rates['mfu']:.1%}" if "mfu" in rates else ""
     terms = ", ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in scalars.items() if k.endswith("_loss"))
-    log.info("step %d/%d loss %.4f%s lr %.3g grad_norm %.3f | %.2fs/step %.0f tok/s %.1f img/s %.2f TFLOP/s/dev%s | "
-             "ETA %s", step, self.total_steps, values["loss"], f" ({terms})" if terms else "",
-             values["learning_rate"], values["grad_norm"], step_time, rates["tokens_per_s"], rates["images_per_s"],
-             rates["tflops_per_device"], mfu, _duration(eta))
+    log.info("step %d/%d loss %.4f%s lr %.3g grad_norm %.3f | %s", step, self.total_steps, values["loss"],
+             f" ({terms})" if terms else "", values["learning_rate"], values["grad_norm"], _rates(rates, eta))
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+def _rates(rates: dict[str, float], eta: float | None) -> str:
+  if not rates:
+    return "first step (includes compiling; no rate yet)"
+  mfu = f" MFU {rates['mfu']:.1%}" if "mfu" in rates else ""
+  return (f"{rates['step_time_s']:.2f}s/step {rates['tokens_per_s']:.0f} tok/s {rates['images_per_s']:.1f} img/s "
+          f"{rates['tflops_per_device']:.2f} TFLOP/s/dev{mfu} | ETA {_duration(eta)}")
 
 
 def _duration(seconds: float) -> str:
