@@ -34,13 +34,14 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mim_jax.models.config_base import ConfigBase
 from mim_jax.nn.sharding import data_mesh
 
 INITS = ("kmeans++", "random")
@@ -49,7 +50,9 @@ TEXTBIND_MIN_CLUSTER_SIZE = 32
 
 
 @dataclasses.dataclass(frozen=True)
-class KMeansConfig:
+class KMeansConfig(ConfigBase):
+  SECTION: ClassVar[str] = "kmeans"
+
   num_clusters: int = 4096
   iterations: int = 20  # Lloyd iterations (full batch) or steps (mini-batch)
   tolerance: float = 0.0  # full batch: stop when inertia improves by less than this fraction; 0 runs all
@@ -75,17 +78,6 @@ class KMeansConfig:
     if self.minibatch and self.tolerance:
       raise ValueError("kmeans.tolerance applies to full-batch k-means; mini-batch runs a fixed number of steps "
                        "(set tolerance=0 or minibatch=False)")
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "KMeansConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown kmeans field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclasses.dataclass

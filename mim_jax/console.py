@@ -151,3 +151,26 @@ def use_compilation_cache() -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
   return path
+
+
+def define_run_flags(workdir_default: str | None, workdir_help: str) -> None:
+  """The flags of our config-driven programs (`python -m mim_jax.train`, the quickstart)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file, optionally :arg); set fields with "
+                                  "--config.a.b=value, see them all with --print_config.", lock_config=True)
+  flags.DEFINE_string("workdir", workdir_default, workdir_help)
+  flags.DEFINE_bool("print_config", False, "Print the resolved config (overrides applied) and exit without training.")
+  flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (orbax, jax, TensorFlow); or MIM_JAX_VERBOSE=1.")
+
+
+def start_run(flag_values) -> bool:
+  """After `define_run_flags`: False once --print_config has printed the config (the program exits), else
+  sets up the console and the compilation cache and returns True."""
+  if flag_values.print_config:
+    print(flag_values.config)
+    return False
+  setup_logging(flag_values.verbose)
+  use_compilation_cache()
+  return True

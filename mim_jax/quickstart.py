@@ -20,25 +20,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from absl import flags
-from ml_collections import config_flags
 
 from mim_jax import console
 
-config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file); set fields with "
-                                "--config.a.b=value, see them all with --print_config.", lock_config=True)
-flags.DEFINE_string("workdir", "/tmp/mim_quickstart", "Where the run, the tokenizer and the HF export are written.")
-flags.DEFINE_bool("print_config", False, "Print the resolved config (overrides applied) and exit without training.")
-flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (orbax, jax, TensorFlow); or MIM_JAX_VERBOSE=1.")
+console.define_run_flags("/tmp/mim_quickstart", "Where the run, the tokenizer and the HF export are written.")
+flags.adopt_module_key_flags(console)  # --help lists the run flags, which console defines
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  if FLAGS.print_config:
-    print(FLAGS.config)
+  if not console.start_run(FLAGS):
     return
-  console.setup_logging(FLAGS.verbose)
-  console.use_compilation_cache()
   with console.native_stderr_muted(FLAGS.verbose):  # these import TensorFlow
     from mim_jax.convert.llama import load_hf_llama
     from mim_jax.data.text_windows import read_text_lines, token_windows

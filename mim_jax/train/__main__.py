@@ -15,27 +15,20 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from mim_jax import console
 
-config_flags.DEFINE_config_file("config", None, "Run config (a configs/*.py file, optionally :arg); set fields with "
-                                "--config.a.b=value, see them all with --print_config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard events and the tokenizer go here.")
-flags.DEFINE_bool("print_config", False, "Print the resolved config (overrides applied) and exit without training.")
-flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (orbax, jax, TensorFlow); or MIM_JAX_VERBOSE=1.")
+console.define_run_flags(None, "Checkpoints, metrics.jsonl, TensorBoard events and the tokenizer go here.")
+flags.adopt_module_key_flags(console)  # --help lists the run flags, which console defines
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  if FLAGS.print_config:
-    print(FLAGS.config)
-    return
-  if FLAGS.workdir is None:
+  if not FLAGS.print_config and FLAGS.workdir is None:
     raise app.UsageError("--workdir is required: checkpoints and metrics go there (it resumes from them)")
-  console.setup_logging(FLAGS.verbose)
-  console.use_compilation_cache()
+  if not console.start_run(FLAGS):
+    return
   with console.native_stderr_muted(FLAGS.verbose):
     from mim_jax.train.loop import Preempted, train  # imports TensorFlow
 
